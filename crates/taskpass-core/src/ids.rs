@@ -1,0 +1,220 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ParseError, check_len, shown};
+
+/// The name under which agent identities live, e.g. `example.org`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TrustDomain(String);
+
+impl TrustDomain {
+    /// Parses a trust domain: lowercase letters, digits, `.`, `-`, `_`; at most 255 bytes.
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        check_len("trust domain", s, 255)?;
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+        {
+            return Err(ParseError::Invalid {
+                what: "trust domain",
+                value: shown(s),
+                why: "use lowercase letters, digits, '.', '-' and '_'",
+            });
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The trust domain as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The SPIFFE id of the agent `name` in this trust domain.
+    pub fn agent_id(&self, name: &AgentName) -> AgentId {
+        AgentId(format!("spiffe://{}/agent/{}", self.0, name.0))
+    }
+
+    /// The agent name of a SPIFFE id of this trust domain, if it is one.
+    pub fn agent_name_of(&self, id: &str) -> Option<AgentName> {
+        let rest = id
+            .strip_prefix("spiffe://")?
+            .strip_prefix(self.0.as_str())?;
+        AgentName::parse(rest.strip_prefix("/agent/")?).ok()
+    }
+}
+
+impl TryFrom<String> for TrustDomain {
+    type Error = ParseError;
+    fn try_from(s: String) -> Result<Self, ParseError> {
+        Self::parse(&s)
+    }
+}
+impl From<TrustDomain> for String {
+    fn from(v: TrustDomain) -> String {
+        v.0
+    }
+}
+impl fmt::Display for TrustDomain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An agent's registered name: lowercase letters, digits and `-`, 1 to 63 bytes, not starting
+/// or ending with `-`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AgentName(String);
+
+impl AgentName {
+    /// Parses an agent name.
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        check_len("agent name", s, 63)?;
+        let ok = s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-');
+        if !ok {
+            return Err(ParseError::Invalid {
+                what: "agent name",
+                value: shown(s),
+                why: "use lowercase letters, digits and '-', not at either end",
+            });
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for AgentName {
+    type Error = ParseError;
+    fn try_from(s: String) -> Result<Self, ParseError> {
+        Self::parse(&s)
+    }
+}
+impl From<AgentName> for String {
+    fn from(v: AgentName) -> String {
+        v.0
+    }
+}
+impl fmt::Display for AgentName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An agent's SPIFFE id: `spiffe://<trust-domain>/agent/<name>`. Made only by
+/// [`TrustDomain::agent_id`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AgentId(String);
+
+impl AgentId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+impl fmt::Display for AgentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+macro_rules! ulid_id {
+    ($name:ident, $prefix:literal, $what:literal) => {
+        #[doc = concat!("A ", $what, " id: `", $prefix, "` and a ULID, so ids sort by creation time.")]
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+        )]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(ulid::Ulid);
+
+        impl $name {
+            /// Wraps a freshly generated ULID.
+            pub fn from_ulid(u: ulid::Ulid) -> Self {
+                Self(u)
+            }
+
+            /// Parses the text form.
+            pub fn parse(s: &str) -> Result<Self, ParseError> {
+                check_len($what, s, 64)?;
+                s.strip_prefix($prefix)
+                    .and_then(|rest| ulid::Ulid::from_string(rest).ok())
+                    .map(Self)
+                    .ok_or_else(|| ParseError::Invalid {
+                        what: $what,
+                        value: shown(s),
+                        why: concat!("expected '", $prefix, "' followed by a ULID"),
+                    })
+            }
+
+            /// The milliseconds since the Unix epoch at which the id was made.
+            pub fn timestamp_ms(&self) -> u64 {
+                self.0.timestamp_ms()
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = ParseError;
+            fn try_from(s: String) -> Result<Self, ParseError> {
+                Self::parse(&s)
+            }
+        }
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.to_string()
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}{}", $prefix, self.0)
+            }
+        }
+    };
+}
+
+ulid_id!(TaskId, "task_", "task");
+ulid_id!(TokenId, "tok_", "token");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_names() {
+        for ok in ["a", "billing-bot", "x1", "a-b-c"] {
+            assert!(AgentName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", "é", &"a".repeat(64)] {
+            assert!(AgentName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn agent_id_round_trip() {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let n = AgentName::parse("bot").unwrap();
+        let id = td.agent_id(&n);
+        assert_eq!(td.agent_name_of(id.as_str()), Some(n));
+        assert_eq!(td.agent_name_of("spiffe://other.org/agent/bot"), None);
+        assert_eq!(td.agent_name_of("spiffe://example.org/agent/B"), None);
+    }
+
+    #[test]
+    fn ulid_ids() {
+        let t = TaskId::from_ulid(ulid::Ulid::from_parts(1_700_000_000_000, 7));
+        let s = t.to_string();
+        assert!(s.starts_with("task_"));
+        assert_eq!(TaskId::parse(&s).unwrap(), t);
+        assert!(TaskId::parse("tok_01HXXXXXXXXXXXXXXXXXXXXXXX").is_err());
+        assert!(TaskId::parse("task_nope").is_err());
+        assert!(TokenId::parse(&"tok_".repeat(40)).is_err());
+    }
+}

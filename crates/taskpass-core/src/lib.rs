@@ -1,0 +1,40 @@
+//! The Taskpass domain: agent identities, tasks, access-token claims, the TTL and scope
+//! arithmetic, authorisation decisions and the audit hash chain.
+//!
+//! This crate does no I/O and has no async: it is a set of types that can only hold valid
+//! values (parsed at the edges) and pure functions over them. The store, the attestation
+//! verifiers, the server and the CLI are built around it.
+//!
+//! ```
+//! use taskpass_core::{AgentName, TrustDomain};
+//! let td = TrustDomain::parse("example.org").unwrap();
+//! let name = AgentName::parse("billing-bot").unwrap();
+//! assert_eq!(td.agent_id(&name).as_str(), "spiffe://example.org/agent/billing-bot");
+//! ```
+
+mod agent;
+mod audit;
+mod clock;
+mod error;
+mod ids;
+mod operator;
+mod policy;
+mod revocation;
+mod scope;
+mod task;
+mod token;
+
+pub use agent::{Agent, AgentState, AllowList, OidcBinding};
+pub use audit::{AuditEntry, AuditOutcome, ChainProblem, GENESIS_HASH, verify_chain};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::ParseError;
+pub use ids::{AgentId, AgentName, TaskId, TokenId, TrustDomain};
+pub use operator::{Operator, Permission, Role};
+pub use policy::{
+    Denial, DenialKind, IssueGrant, IssueRequest, Limits, StartGrant, StartRequest, decide_issue,
+    decide_start_task,
+};
+pub use revocation::{RevocationEvent, RevocationKind};
+pub use scope::{Audience, Purpose, Scope, ScopeSet, limits as input_limits};
+pub use task::{Task, TaskState};
+pub use token::{AccessClaims, Actor, TokenRecord};

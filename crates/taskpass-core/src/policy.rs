@@ -1,0 +1,453 @@
+//! Request-time decisions: a pure function of (agent, request, context) that allows with a
+//! grant or denies with the rule that said no. The server calls these; later a Cedar policy
+//! set is evaluated beside the allow-lists, in the same place.
+
+use std::fmt;
+
+use crate::agent::{Agent, AgentState};
+use crate::scope::{Audience, Purpose, ScopeSet};
+use crate::task::{Task, TaskState};
+
+/// The broker-wide bounds on lifetimes, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Token TTL when the request names none.
+    pub default_ttl_seconds: u32,
+    /// Largest token TTL.
+    pub max_ttl_seconds: u32,
+    /// Task duration when the request names none.
+    pub default_task_seconds: u32,
+    /// Largest task duration.
+    pub max_task_seconds: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            default_ttl_seconds: 300,
+            max_ttl_seconds: 900,
+            default_task_seconds: 3600,
+            max_task_seconds: 86400,
+        }
+    }
+}
+
+/// How a denial maps onto the API's error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DenialKind {
+    /// The request is malformed.
+    InvalidArgument,
+    /// Policy or allow-lists say no.
+    PermissionDenied,
+    /// The agent or task is not in a state that allows it.
+    FailedPrecondition,
+    /// The feature asked for is not available on this broker.
+    Unsupported,
+}
+
+/// A decision that says no, with the rule that said it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// How it maps onto the API's error codes.
+    pub kind: DenialKind,
+    /// A stable name for the rule, e.g. `audience_not_allowed`; written to the audit log.
+    pub rule: &'static str,
+    /// What a person can do about it.
+    pub message: String,
+}
+
+impl Denial {
+    fn new(kind: DenialKind, rule: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            rule,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (rule {})", self.message, self.rule)
+    }
+}
+
+/// A parsed StartTask request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartRequest {
+    /// What the task is for.
+    pub purpose: Purpose,
+    /// Downstream APIs it will call.
+    pub audiences: Vec<Audience>,
+    /// The scopes it needs.
+    pub scopes: ScopeSet,
+    /// Requested duration; 0 means the default.
+    pub max_duration_seconds: u32,
+    /// True when the request carries a user's token to act for.
+    pub on_behalf_of_requested: bool,
+}
+
+/// What StartTask grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartGrant {
+    /// Granted audiences.
+    pub audiences: Vec<Audience>,
+    /// Granted scopes.
+    pub scopes: ScopeSet,
+    /// The task's deadline, Unix seconds.
+    pub expires_at: i64,
+}
+
+/// A parsed IssueToken request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueRequest {
+    /// The one audience of the token.
+    pub audience: Audience,
+    /// Requested scopes; empty means all the task's scopes.
+    pub scopes: ScopeSet,
+    /// Requested TTL; 0 means the default.
+    pub ttl_seconds: u32,
+}
+
+/// What IssueToken grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueGrant {
+    /// The token's audience.
+    pub audience: Audience,
+    /// The token's scopes.
+    pub scopes: ScopeSet,
+    /// `iat` and `nbf`.
+    pub issued_at: i64,
+    /// `exp`.
+    pub expires_at: i64,
+}
+
+fn require_active(agent: &Agent) -> Result<(), Denial> {
+    match agent.state {
+        AgentState::Active => Ok(()),
+        state => Err(Denial::new(
+            DenialKind::FailedPrecondition,
+            "agent_not_active",
+            format!(
+                "agent {} is {}: an operator must resume it first",
+                agent.name,
+                state.as_str()
+            ),
+        )),
+    }
+}
+
+fn list(scopes: impl Iterator<Item = impl fmt::Display>) -> String {
+    scopes.map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Decides a StartTask request of an attested agent at `now`.
+pub fn decide_start_task(
+    agent: &Agent,
+    req: &StartRequest,
+    now: i64,
+    limits: &Limits,
+) -> Result<StartGrant, Denial> {
+    require_active(agent)?;
+    if req.on_behalf_of_requested {
+        return Err(Denial::new(
+            DenialKind::Unsupported,
+            "delegation_not_enabled",
+            "on-behalf-of delegation (subject_token) is not enabled on this broker; start the task without it",
+        ));
+    }
+    if req.audiences.is_empty() {
+        return Err(Denial::new(
+            DenialKind::InvalidArgument,
+            "audience_required",
+            "a task needs at least one audience",
+        ));
+    }
+    let denied: Vec<&Audience> = req
+        .audiences
+        .iter()
+        .filter(|a| !agent.may_use_audience(a))
+        .collect();
+    if !denied.is_empty() {
+        return Err(Denial::new(
+            DenialKind::PermissionDenied,
+            "audience_not_allowed",
+            format!(
+                "audience {} is not on agent {}'s allow-list",
+                list(denied.iter()),
+                agent.name
+            ),
+        ));
+    }
+    if !req.scopes.is_subset(&agent.allow.scopes) {
+        return Err(Denial::new(
+            DenialKind::PermissionDenied,
+            "scope_not_allowed",
+            format!(
+                "scope {} is not on agent {}'s allow-list",
+                list(req.scopes.not_in(&agent.allow.scopes)),
+                agent.name
+            ),
+        ));
+    }
+    let needs_approval = req.scopes.intersection(&agent.allow.approval_scopes);
+    if !needs_approval.is_empty() {
+        return Err(Denial::new(
+            DenialKind::PermissionDenied,
+            "approval_required",
+            format!(
+                "scope {} needs a human's approval, and approvals are not enabled on this broker",
+                list(needs_approval.iter())
+            ),
+        ));
+    }
+    let duration = match req.max_duration_seconds {
+        0 => limits.default_task_seconds,
+        d => d,
+    }
+    .min(limits.max_task_seconds)
+    .max(1);
+    Ok(StartGrant {
+        audiences: req.audiences.clone(),
+        scopes: req.scopes.clone(),
+        expires_at: now.saturating_add(i64::from(duration)),
+    })
+}
+
+/// Decides an IssueToken request for `task` of the attested `agent` at `now`. The caller has
+/// already checked that the task belongs to the agent (another agent's task is NOT_FOUND).
+pub fn decide_issue(
+    agent: &Agent,
+    task: &Task,
+    req: &IssueRequest,
+    now: i64,
+    limits: &Limits,
+) -> Result<IssueGrant, Denial> {
+    require_active(agent)?;
+    let state = task.effective_state(now);
+    if state != TaskState::Open {
+        return Err(Denial::new(
+            DenialKind::FailedPrecondition,
+            "task_not_open",
+            format!(
+                "task {} is {}: start a new task to get tokens",
+                task.id,
+                state.as_str()
+            ),
+        ));
+    }
+    if !task.audiences.contains(&req.audience) {
+        return Err(Denial::new(
+            DenialKind::PermissionDenied,
+            "audience_not_in_task",
+            format!(
+                "audience {} was not requested when task {} started",
+                req.audience, task.id
+            ),
+        ));
+    }
+    if !agent.may_use_audience(&req.audience) {
+        return Err(Denial::new(
+            DenialKind::PermissionDenied,
+            "audience_not_allowed",
+            format!(
+                "audience {} is no longer on agent {}'s allow-list",
+                req.audience, agent.name
+            ),
+        ));
+    }
+    let scopes = if req.scopes.is_empty() {
+        task.scopes.clone()
+    } else {
+        req.scopes.clone()
+    };
+    if !scopes.is_subset(&task.scopes) {
+        return Err(Denial::new(
+            DenialKind::PermissionDenied,
+            "scope_not_in_task",
+            format!(
+                "scope {} was not granted to task {}",
+                list(scopes.not_in(&task.scopes)),
+                task.id
+            ),
+        ));
+    }
+    if !scopes.is_subset(&agent.allow.scopes) {
+        return Err(Denial::new(
+            DenialKind::PermissionDenied,
+            "scope_not_allowed",
+            format!(
+                "scope {} is no longer on agent {}'s allow-list",
+                list(scopes.not_in(&agent.allow.scopes)),
+                agent.name
+            ),
+        ));
+    }
+    let ttl = effective_ttl(req.ttl_seconds, agent.allow.max_ttl_seconds, limits);
+    let expires_at = now.saturating_add(i64::from(ttl)).min(task.expires_at);
+    Ok(IssueGrant {
+        audience: req.audience.clone(),
+        scopes,
+        issued_at: now,
+        expires_at,
+    })
+}
+
+/// min(requested or default, the agent's max, the global max), at least 1 second.
+fn effective_ttl(requested: u32, agent_max: Option<u32>, limits: &Limits) -> u32 {
+    let asked = if requested == 0 {
+        limits.default_ttl_seconds
+    } else {
+        requested
+    };
+    asked
+        .min(agent_max.unwrap_or(u32::MAX))
+        .min(limits.max_ttl_seconds)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{AllowList, OidcBinding};
+    use crate::ids::{AgentName, TaskId, TrustDomain};
+    use proptest::prelude::*;
+
+    fn agent() -> Agent {
+        let name = AgentName::parse("bot").unwrap();
+        Agent {
+            id: TrustDomain::parse("example.org").unwrap().agent_id(&name),
+            name,
+            owner: "team".into(),
+            purpose: "p".into(),
+            tenant: String::new(),
+            environment: String::new(),
+            state: AgentState::Active,
+            oidc: vec![OidcBinding {
+                issuer: "i".into(),
+                subject: "s".into(),
+            }],
+            allow: AllowList {
+                audiences: Audience::parse_list(&["api", "db"]).unwrap(),
+                scopes: ScopeSet::parse(&["read", "write", "admin"]).unwrap(),
+                max_ttl_seconds: Some(600),
+                approval_scopes: ScopeSet::parse(&["admin"]).unwrap(),
+            },
+            review_every_days: 0,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn start(aud: &[&str], scopes: &[&str], dur: u32) -> StartRequest {
+        StartRequest {
+            purpose: Purpose::parse("x").unwrap(),
+            audiences: Audience::parse_list(aud).unwrap(),
+            scopes: ScopeSet::parse(scopes).unwrap(),
+            max_duration_seconds: dur,
+            on_behalf_of_requested: false,
+        }
+    }
+
+    fn task(a: &Agent, g: &StartGrant) -> Task {
+        Task {
+            id: TaskId::from_ulid(ulid::Ulid::from_parts(1, 1)),
+            agent: a.id.clone(),
+            state: TaskState::Open,
+            purpose: Purpose::parse("x").unwrap(),
+            audiences: g.audiences.clone(),
+            scopes: g.scopes.clone(),
+            created_at: 1000,
+            expires_at: g.expires_at,
+            ended_at: None,
+            on_behalf_of: None,
+            approval_id: None,
+        }
+    }
+
+    fn issue(aud: &str, scopes: &[&str], ttl: u32) -> IssueRequest {
+        IssueRequest {
+            audience: Audience::parse(aud).unwrap(),
+            scopes: ScopeSet::parse(scopes).unwrap(),
+            ttl_seconds: ttl,
+        }
+    }
+
+    #[test]
+    fn start_allow_lists() {
+        let a = agent();
+        let l = Limits::default();
+        let g = decide_start_task(&a, &start(&["api"], &["read"], 0), 1000, &l).unwrap();
+        assert_eq!(g.expires_at, 1000 + 3600);
+        let d = decide_start_task(&a, &start(&["evil"], &["read"], 0), 1000, &l).unwrap_err();
+        assert_eq!(
+            (d.kind, d.rule),
+            (DenialKind::PermissionDenied, "audience_not_allowed")
+        );
+        let d = decide_start_task(&a, &start(&["api"], &["root"], 0), 1000, &l).unwrap_err();
+        assert_eq!(d.rule, "scope_not_allowed");
+        assert!(d.message.contains("root"));
+        let d = decide_start_task(&a, &start(&["api"], &["admin"], 0), 1000, &l).unwrap_err();
+        assert_eq!(d.rule, "approval_required");
+        let d = decide_start_task(&a, &start(&[], &["read"], 0), 1000, &l).unwrap_err();
+        assert_eq!(d.kind, DenialKind::InvalidArgument);
+        let g = decide_start_task(&a, &start(&["api"], &["read"], 999_999), 0, &l).unwrap();
+        assert_eq!(g.expires_at, 86400);
+        let mut s = a.clone();
+        s.state = AgentState::Suspended;
+        let d = decide_start_task(&s, &start(&["api"], &["read"], 0), 0, &l).unwrap_err();
+        assert_eq!(d.kind, DenialKind::FailedPrecondition);
+    }
+
+    #[test]
+    fn issue_rules() {
+        let a = agent();
+        let l = Limits::default();
+        let g = decide_start_task(&a, &start(&["api"], &["read", "write"], 120), 1000, &l).unwrap();
+        let t = task(&a, &g);
+        let ig = decide_issue(&a, &t, &issue("api", &[], 0), 1000, &l).unwrap();
+        assert_eq!(ig.scopes, t.scopes);
+        assert_eq!(ig.expires_at, 1120, "clamped to the task deadline");
+        let ig = decide_issue(&a, &t, &issue("api", &["read"], 30), 1000, &l).unwrap();
+        assert_eq!(ig.expires_at, 1030);
+        assert_eq!(ig.scopes.to_claim(), "read");
+        let d = decide_issue(&a, &t, &issue("db", &[], 0), 1000, &l).unwrap_err();
+        assert_eq!(d.rule, "audience_not_in_task");
+        let d = decide_issue(&a, &t, &issue("api", &["admin"], 0), 1000, &l).unwrap_err();
+        assert_eq!(d.rule, "scope_not_in_task");
+        let d = decide_issue(&a, &t, &issue("api", &[], 0), 1120, &l).unwrap_err();
+        assert_eq!(
+            (d.kind, d.rule),
+            (DenialKind::FailedPrecondition, "task_not_open")
+        );
+        let mut done = t.clone();
+        done.state = TaskState::Completed;
+        assert!(decide_issue(&a, &done, &issue("api", &[], 0), 1000, &l).is_err());
+        let mut shrunk = a.clone();
+        shrunk.allow.scopes = ScopeSet::parse(&["read"]).unwrap();
+        let d = decide_issue(&shrunk, &t, &issue("api", &["write"], 0), 1000, &l).unwrap_err();
+        assert_eq!(d.rule, "scope_not_allowed");
+    }
+
+    proptest! {
+        #[test]
+        fn ttl_never_exceeds_any_bound(req in 0u32..5000, agent_max in proptest::option::of(1u32..5000),
+                                       max in 1u32..5000, default in 1u32..5000,
+                                       now in 0i64..10_000, left in 1i64..10_000) {
+            let l = Limits { default_ttl_seconds: default, max_ttl_seconds: max, ..Limits::default() };
+            let mut a = agent();
+            a.allow.max_ttl_seconds = agent_max;
+            let g = StartGrant { audiences: Audience::parse_list(&["api"]).unwrap(),
+                                 scopes: ScopeSet::default(), expires_at: now + left };
+            let t = task(&a, &g);
+            let ig = decide_issue(&a, &t, &issue("api", &[], req), now, &l).unwrap();
+            let ttl = ig.expires_at - ig.issued_at;
+            prop_assert!(ttl >= 1);
+            prop_assert!(ttl <= i64::from(max));
+            prop_assert!(ig.expires_at <= t.expires_at);
+            if let Some(m) = agent_max { prop_assert!(ttl <= i64::from(m)); }
+            if req != 0 { prop_assert!(ttl <= i64::from(req)); } else { prop_assert!(ttl <= i64::from(default)); }
+        }
+    }
+}

@@ -1,0 +1,84 @@
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AgentId, TaskId};
+use crate::scope::{Audience, Purpose, ScopeSet};
+
+/// The state of a task. Only `Open` tasks get tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TaskState {
+    /// Tokens may be issued.
+    Open,
+    /// Waiting for a human's approval.
+    PendingApproval,
+    /// The agent completed it; its tokens are revoked.
+    Completed,
+    /// Its deadline passed; its tokens are revoked.
+    Expired,
+    /// An operator revoked it (or its agent); its tokens are revoked.
+    Revoked,
+    /// An approver denied it.
+    Denied,
+}
+
+impl TaskState {
+    /// The lowercase name used in the CLI and as an introspection reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::PendingApproval => "pending_approval",
+            Self::Completed => "completed",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+            Self::Denied => "denied",
+        }
+    }
+
+    /// True for the states a task never leaves.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Expired | Self::Revoked | Self::Denied
+        )
+    }
+}
+
+/// One unit of intended work: the unit of authorisation and of revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Its id.
+    pub id: TaskId,
+    /// The agent that started it; only that agent may see or use it.
+    pub agent: AgentId,
+    /// State.
+    pub state: TaskState,
+    /// What it is for.
+    pub purpose: Purpose,
+    /// The downstream APIs it may get tokens for.
+    pub audiences: Vec<Audience>,
+    /// The scopes granted.
+    pub scopes: ScopeSet,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// The deadline, Unix seconds. No token outlives it.
+    pub expires_at: i64,
+    /// When it left the open state, Unix seconds.
+    pub ended_at: Option<i64>,
+    /// The user it acts for, if any.
+    pub on_behalf_of: Option<String>,
+    /// The approval request, while pending.
+    pub approval_id: Option<String>,
+}
+
+impl Task {
+    /// The state as seen at `now`: an open task past its deadline is expired even before the
+    /// sweeper has recorded it.
+    pub fn effective_state(&self, now: i64) -> TaskState {
+        if self.state == TaskState::Open && now >= self.expires_at {
+            TaskState::Expired
+        } else {
+            self.state
+        }
+    }
+}
