@@ -1,1 +1,193 @@
-//! stub
+//! Taskpass's durable state: agents, tasks, token records, the numbered revocation log and the
+//! hash-chained audit log, behind the [`Store`] trait.
+//!
+//! [`RedbStore`] is the embedded default: one redb file in the data dir. Every write is a
+//! *command* sent to one writer thread, which applies all the commands waiting at that moment
+//! in one transaction and commits once (one fsync for the batch), then answers each caller.
+//! A method that returns `Ok` has therefore been made durable. Each command re-checks its
+//! preconditions inside the transaction (an agent still active, a task still open), so a
+//! token can never be recorded for a task that completed a moment earlier.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), taskpass_store::StoreError> {
+//! use taskpass_store::{RedbStore, Store, StoreOptions};
+//! let store = RedbStore::open("taskpass-data/store.redb", StoreOptions::default())?;
+//! let agents = store.list_agents().await?;
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod redb_store;
+mod tables;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use taskpass_core::{
+    Agent, AgentId, AgentName, AgentState, AuditEntry, RevocationEvent, Task, TaskId, TaskState,
+    TokenId, TokenRecord,
+};
+use tokio::sync::broadcast;
+
+pub use error::StoreError;
+pub use redb_store::{RedbStore, StoreOptions};
+pub use tables::SCHEMA_VERSION;
+
+/// The audit entry that a write appends, without its position and hashes (the store assigns
+/// those as it appends).
+pub type AuditDraft = AuditEntry;
+
+/// Who ends a task and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndTask {
+    /// The task.
+    pub task: TaskId,
+    /// When set, the task must belong to this agent (else [`StoreError::NotFound`]).
+    pub owner: Option<AgentId>,
+    /// The final state: completed, revoked or expired.
+    pub state: TaskState,
+    /// The revocation reason, e.g. `task_completed`.
+    pub reason: String,
+    /// Unix seconds.
+    pub now: i64,
+    /// The audit entry to append.
+    pub audit: AuditDraft,
+}
+
+/// The outcome of ending a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedTask {
+    /// The task in its final state.
+    pub task: Task,
+    /// How many unexpired, unrevoked tokens it had.
+    pub revoked_tokens: u32,
+    /// The revocation appended to the log.
+    pub revocation: RevocationEvent,
+}
+
+/// A change of an agent's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeAgentState {
+    /// The agent.
+    pub name: AgentName,
+    /// The new state.
+    pub state: AgentState,
+    /// Unix seconds.
+    pub now: i64,
+    /// The longest any token can live (the broker's max TTL): bounds `not_after`.
+    pub max_ttl_seconds: u32,
+    /// The audit entry to append.
+    pub audit: AuditDraft,
+}
+
+/// The outcome of a change of an agent's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedAgent {
+    /// The agent after the change.
+    pub agent: Agent,
+    /// How many open tasks were revoked.
+    pub revoked_tasks: u32,
+}
+
+/// The result of checking the audit chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditVerification {
+    /// Entries checked.
+    pub entries: u64,
+    /// The last entry's hash.
+    pub head_hash: String,
+    /// The first broken entry, if any.
+    pub problem: Option<taskpass_core::ChainProblem>,
+}
+
+/// Sizes, for the bench tool and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Agents registered.
+    pub agents: u64,
+    /// Tasks recorded.
+    pub tasks: u64,
+    /// Token records.
+    pub tokens: u64,
+    /// Revocation log entries.
+    pub revocations: u64,
+    /// Audit log entries.
+    pub audit_entries: u64,
+}
+
+/// The broker's state. Every method that writes returns only once the write is durable.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Registers a new agent. Fails with `AlreadyExists` when the name or one of its OIDC
+    /// bindings is taken.
+    async fn register_agent(&self, agent: Agent, audit: AuditDraft) -> Result<Agent, StoreError>;
+
+    /// Changes an agent's state. Suspending or offboarding revokes its open tasks; offboarding
+    /// also appends an agent revocation. An offboarded agent cannot change state again.
+    async fn change_agent_state(&self, change: ChangeAgentState)
+    -> Result<ChangedAgent, StoreError>;
+
+    /// The agent with this name.
+    async fn agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError>;
+
+    /// The agent bound to this OIDC issuer and subject.
+    async fn agent_by_oidc(&self, issuer: &str, subject: &str)
+    -> Result<Option<Agent>, StoreError>;
+
+    /// Every agent, by name.
+    async fn list_agents(&self) -> Result<Vec<Agent>, StoreError>;
+
+    /// Records a new task, after checking that its agent is still active.
+    async fn create_task(&self, task: Task, audit: AuditDraft) -> Result<Task, StoreError>;
+
+    /// The task with this id.
+    async fn task(&self, id: &TaskId) -> Result<Option<Task>, StoreError>;
+
+    /// The newest tasks, of one agent or all, newest first.
+    async fn list_tasks(&self, agent: Option<&AgentId>, limit: usize)
+    -> Result<Vec<Task>, StoreError>;
+
+    /// Ends an open task and revokes its tokens.
+    async fn end_task(&self, end: EndTask) -> Result<EndedTask, StoreError>;
+
+    /// Ends, as expired, every open task whose deadline is at or before `now`.
+    async fn expire_tasks(&self, now: i64) -> Result<Vec<EndedTask>, StoreError>;
+
+    /// Records an issued token, after checking that its agent is active and its task open.
+    async fn record_token(&self, token: TokenRecord, audit: AuditDraft) -> Result<(), StoreError>;
+
+    /// The token record with this id.
+    async fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// The newest token records, of one task or all, newest first.
+    async fn list_tokens(&self, task: Option<&TaskId>, limit: usize)
+    -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Revokes one token.
+    async fn revoke_token(
+        &self,
+        id: TokenId,
+        reason: String,
+        now: i64,
+        audit: AuditDraft,
+    ) -> Result<(TokenRecord, RevocationEvent), StoreError>;
+
+    /// Appends an audit entry on its own (denials, for instance).
+    async fn append_audit(&self, audit: AuditDraft) -> Result<(), StoreError>;
+
+    /// Revocations after `sequence`, oldest first, at most `limit`.
+    async fn revocations_after(&self, sequence: u64, limit: usize)
+    -> Result<Vec<RevocationEvent>, StoreError>;
+
+    /// Revocations appended from now on, as they commit.
+    fn subscribe_revocations(&self) -> broadcast::Receiver<RevocationEvent>;
+
+    /// The newest audit entries, oldest first.
+    async fn audit_tail(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Recomputes the whole audit chain.
+    async fn verify_audit(&self) -> Result<AuditVerification, StoreError>;
+
+    /// Counts.
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
+}

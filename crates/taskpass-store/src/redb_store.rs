@@ -1,0 +1,983 @@
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use taskpass_core::{
+    Agent, AgentId, AgentName, AgentState, AuditEntry, AuditOutcome, GENESIS_HASH, RevocationEvent,
+    RevocationKind, Task, TaskId, TaskState, TokenId, TokenRecord, verify_chain,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::tables::*;
+use crate::{
+    AuditDraft, AuditVerification, ChangeAgentState, ChangedAgent, EndTask, EndedTask, Store,
+    StoreError, StoreStats,
+};
+
+/// Tuning for [`RedbStore`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// redb's page cache, bytes. Bounds the store's share of the broker's memory.
+    pub cache_size_bytes: usize,
+    /// Most commands applied in one transaction.
+    pub max_batch: usize,
+    /// Commands that may wait for the writer before callers are slowed down.
+    pub queue_depth: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            cache_size_bytes: 64 << 20,
+            max_batch: 1024,
+            queue_depth: 8192,
+        }
+    }
+}
+
+/// The embedded store: one redb file, one writer thread that groups commits. Clones share
+/// the same file and writer; when the last clone is dropped the writer finishes its queue and
+/// the file is closed before the drop returns.
+#[derive(Debug, Clone)]
+pub struct RedbStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Arc<Database>,
+    writer: Option<mpsc::Sender<Job>>,
+    revocations: broadcast::Sender<RevocationEvent>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Command {
+    RegisterAgent(Agent, AuditDraft),
+    ChangeAgentState(ChangeAgentState),
+    CreateTask(Task, AuditDraft),
+    EndTask(EndTask),
+    ExpireTasks(i64),
+    RecordToken(TokenRecord, AuditDraft),
+    RevokeToken {
+        id: TokenId,
+        reason: String,
+        now: i64,
+        audit: AuditDraft,
+    },
+    AppendAudit(AuditDraft),
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Agent(Agent),
+    ChangedAgent(ChangedAgent),
+    Task(Task),
+    Ended(EndedTask),
+    Expired(Vec<EndedTask>),
+    RevokedToken(TokenRecord, RevocationEvent),
+    Done,
+}
+
+#[derive(Debug)]
+struct Job {
+    cmd: Command,
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+#[derive(Debug, Clone)]
+struct Heads {
+    audit_seq: u64,
+    audit_hash: String,
+    revocation_seq: u64,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store file at `path` and starts its writer thread. The file is
+    /// made private (0600). Must be called inside a tokio runtime only for the async methods;
+    /// opening itself is blocking.
+    pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        let db = Database::builder()
+            .set_cache_size(options.cache_size_bytes)
+            .create(path)?;
+        restrict_permissions(path)?;
+        let heads = init_schema(&db)?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
+        let (revocations, _) = broadcast::channel(4096);
+        let writer_db = Arc::clone(&db);
+        let writer_events = revocations.clone();
+        let max_batch = options.max_batch.max(1);
+        let thread = thread::Builder::new()
+            .name("taskpass-store-writer".into())
+            .spawn(move || writer_loop(&writer_db, rx, heads, max_batch, &writer_events))
+            .map_err(|e| StoreError::Engine(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                writer: Some(tx),
+                revocations,
+                thread: Some(thread),
+            }),
+        })
+    }
+
+    async fn submit(&self, cmd: Command) -> Result<Outcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let writer = self.inner.writer.as_ref().ok_or(StoreError::Closed)?;
+        writer
+            .send(Job { cmd, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        f(&txn)
+    }
+}
+
+#[cfg(unix)]
+fn restrict_permissions(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| StoreError::Engine(format!("cannot make {} private: {e}", path.display())))
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_: &Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
+fn init_schema(db: &Database) -> Result<Heads, StoreError> {
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        let found = meta.get(META_SCHEMA_VERSION)?.map(|v| v.value());
+        match found {
+            None => {
+                meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)?;
+            }
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::UnsupportedSchema {
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            // Older versions migrate here, one step at a time, when there are any.
+            Some(_) => {}
+        }
+        // Create every table so readers never meet a missing one.
+        txn.open_table(AGENTS)?;
+        txn.open_table(OIDC_BINDINGS)?;
+        txn.open_table(TASKS)?;
+        txn.open_table(TASKS_BY_AGENT)?;
+        txn.open_table(OPEN_TASK_DEADLINES)?;
+        txn.open_table(TOKENS)?;
+        txn.open_table(TOKENS_BY_TASK)?;
+        txn.open_table(REVOCATIONS)?;
+        txn.open_table(AUDIT)?;
+    }
+    let heads = {
+        let audit = txn.open_table(AUDIT)?;
+        let (audit_seq, audit_hash) = match audit.last()? {
+            Some((k, v)) => {
+                let e: AuditEntry = decode("audit", v.value())?;
+                (k.value(), e.hash)
+            }
+            None => (0, GENESIS_HASH.to_owned()),
+        };
+        let revocation_seq = txn
+            .open_table(REVOCATIONS)?
+            .last()?
+            .map(|(k, _)| k.value())
+            .unwrap_or(0);
+        Heads {
+            audit_seq,
+            audit_hash,
+            revocation_seq,
+        }
+    };
+    txn.commit()?;
+    Ok(heads)
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // The records are plain structs of strings and numbers: serialising cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// The writer thread: take every command waiting, apply them in one transaction, commit once,
+/// then answer each and publish the revocations.
+fn writer_loop(
+    db: &Database,
+    mut rx: mpsc::Receiver<Job>,
+    mut heads: Heads,
+    max_batch: usize,
+    events_out: &broadcast::Sender<RevocationEvent>,
+) {
+    let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let saved = heads.clone();
+        let mut events = Vec::new();
+        match apply_batch(db, &batch, &mut heads, &mut events) {
+            Ok(results) => {
+                for e in events {
+                    // No subscriber is fine: the log is durable and replayable.
+                    let _ = events_out.send(e);
+                }
+                for (job, r) in batch.drain(..).zip(results) {
+                    let _ = job.reply.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, jobs = batch.len(), "store commit failed");
+                heads = saved;
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(StoreError::Engine(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+struct Tables<'t> {
+    agents: Table<'t, &'static str, &'static [u8]>,
+    bindings: Table<'t, (&'static str, &'static str), &'static str>,
+    tasks: Table<'t, &'static str, &'static [u8]>,
+    tasks_by_agent: Table<'t, (&'static str, &'static str), ()>,
+    deadlines: Table<'t, (i64, &'static str), ()>,
+    tokens: Table<'t, &'static str, &'static [u8]>,
+    tokens_by_task: Table<'t, (&'static str, &'static str), ()>,
+    revocations: Table<'t, u64, &'static [u8]>,
+    audit: Table<'t, u64, &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            agents: txn.open_table(AGENTS)?,
+            bindings: txn.open_table(OIDC_BINDINGS)?,
+            tasks: txn.open_table(TASKS)?,
+            tasks_by_agent: txn.open_table(TASKS_BY_AGENT)?,
+            deadlines: txn.open_table(OPEN_TASK_DEADLINES)?,
+            tokens: txn.open_table(TOKENS)?,
+            tokens_by_task: txn.open_table(TOKENS_BY_TASK)?,
+            revocations: txn.open_table(REVOCATIONS)?,
+            audit: txn.open_table(AUDIT)?,
+        })
+    }
+}
+
+/// True for the errors that leave the transaction half-written: the whole batch must abort.
+fn is_fatal(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Engine(_) | StoreError::Corrupt { .. } | StoreError::Closed
+    )
+}
+
+fn apply_batch(
+    db: &Database,
+    batch: &[Job],
+    heads: &mut Heads,
+    events: &mut Vec<RevocationEvent>,
+) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
+    let txn = db.begin_write()?;
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let mut t = Tables::open(&txn)?;
+        for job in batch {
+            let r = apply(&mut t, heads, &job.cmd, events);
+            if let Err(e) = &r {
+                if is_fatal(e) {
+                    return Err(StoreError::Engine(e.to_string()));
+                }
+                // A refused command still leaves its decision in the audit log.
+                if let Some(draft) = audit_draft(&job.cmd) {
+                    let mut denied = draft.clone();
+                    denied.outcome = AuditOutcome::Deny;
+                    denied.reason = e.to_string();
+                    append_audit(&mut t, heads, denied)?;
+                }
+            }
+            results.push(r);
+        }
+    }
+    txn.commit()?;
+    Ok(results)
+}
+
+fn audit_draft(cmd: &Command) -> Option<&AuditDraft> {
+    match cmd {
+        Command::RegisterAgent(_, a)
+        | Command::CreateTask(_, a)
+        | Command::RecordToken(_, a)
+        | Command::AppendAudit(a)
+        | Command::RevokeToken { audit: a, .. } => Some(a),
+        Command::ChangeAgentState(c) => Some(&c.audit),
+        Command::EndTask(e) => Some(&e.audit),
+        Command::ExpireTasks(_) => None,
+    }
+}
+
+fn append_audit(t: &mut Tables<'_>, heads: &mut Heads, draft: AuditDraft) -> Result<(), StoreError> {
+    let seq = heads.audit_seq + 1;
+    let entry = draft.seal(seq, &heads.audit_hash);
+    t.audit.insert(seq, encode(&entry).as_slice())?;
+    heads.audit_seq = seq;
+    heads.audit_hash = entry.hash;
+    Ok(())
+}
+
+fn append_revocation(
+    t: &mut Tables<'_>,
+    heads: &mut Heads,
+    events: &mut Vec<RevocationEvent>,
+    mut event: RevocationEvent,
+) -> Result<RevocationEvent, StoreError> {
+    let seq = heads.revocation_seq + 1;
+    event.sequence = seq;
+    t.revocations.insert(seq, encode(&event).as_slice())?;
+    heads.revocation_seq = seq;
+    events.push(event.clone());
+    Ok(event)
+}
+
+fn get_json<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    what: &'static str,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    match table.get(key)? {
+        Some(v) => decode(what, v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn agent_name_of(id: &AgentId) -> &str {
+    id.as_str().rsplit('/').next().unwrap_or_default()
+}
+
+fn apply(
+    t: &mut Tables<'_>,
+    heads: &mut Heads,
+    cmd: &Command,
+    events: &mut Vec<RevocationEvent>,
+) -> Result<Outcome, StoreError> {
+    match cmd {
+        Command::RegisterAgent(agent, audit) => {
+            if t.agents.get(agent.name.as_str())?.is_some() {
+                return Err(StoreError::AlreadyExists {
+                    what: format!("agent {}", agent.name),
+                });
+            }
+            for b in &agent.oidc {
+                if let Some(owner) = t.bindings.get((b.issuer.as_str(), b.subject.as_str()))? {
+                    return Err(StoreError::AlreadyExists {
+                        what: format!(
+                            "OIDC identity {}={} (bound to agent {})",
+                            b.issuer,
+                            b.subject,
+                            owner.value()
+                        ),
+                    });
+                }
+            }
+            t.agents
+                .insert(agent.name.as_str(), encode(agent).as_slice())?;
+            for b in &agent.oidc {
+                t.bindings.insert(
+                    (b.issuer.as_str(), b.subject.as_str()),
+                    agent.name.as_str(),
+                )?;
+            }
+            append_audit(t, heads, audit.clone())?;
+            Ok(Outcome::Agent(agent.clone()))
+        }
+        Command::ChangeAgentState(c) => {
+            let mut agent: Agent = get_json(&t.agents, "agent", c.name.as_str())?.ok_or_else(
+                || StoreError::NotFound {
+                    what: format!("agent {}", c.name),
+                },
+            )?;
+            if agent.state == AgentState::Offboarded {
+                return Err(StoreError::Precondition(format!(
+                    "agent {} is offboarded, which is final: register a new agent instead",
+                    c.name
+                )));
+            }
+            let mut revoked_tasks = 0u32;
+            if matches!(c.state, AgentState::Suspended | AgentState::Offboarded) {
+                let reason = if c.state == AgentState::Offboarded {
+                    "agent_offboarded"
+                } else {
+                    "agent_suspended"
+                };
+                let ids: Vec<String> = {
+                    let lo = (agent.id.as_str(), "");
+                    let hi = (agent.id.as_str(), "~");
+                    let mut ids = Vec::new();
+                    for row in t.tasks_by_agent.range(lo..hi)? {
+                        let (k, _) = row?;
+                        ids.push(k.value().1.to_owned());
+                    }
+                    ids
+                };
+                for id in ids {
+                    let task: Task = get_json(&t.tasks, "task", &id)?.ok_or_else(|| {
+                        StoreError::Corrupt {
+                            what: "tasks_by_agent",
+                            detail: format!("index names missing task {id}"),
+                        }
+                    })?;
+                    if !task.state.is_final() {
+                        end_task_in(t, heads, events, task, TaskState::Revoked, reason, c.now)?;
+                        revoked_tasks += 1;
+                    }
+                }
+                if c.state == AgentState::Offboarded {
+                    for b in &agent.oidc {
+                        t.bindings
+                            .remove((b.issuer.as_str(), b.subject.as_str()))?;
+                    }
+                    append_revocation(
+                        t,
+                        heads,
+                        events,
+                        RevocationEvent {
+                            sequence: 0,
+                            kind: RevocationKind::Agent,
+                            id: agent.id.to_string(),
+                            revoked_at: c.now,
+                            not_after: c.now + i64::from(c.max_ttl_seconds),
+                            reason: reason.to_owned(),
+                        },
+                    )?;
+                }
+            }
+            agent.state = c.state;
+            agent.updated_at = c.now;
+            t.agents
+                .insert(agent.name.as_str(), encode(&agent).as_slice())?;
+            let mut audit = c.audit.clone();
+            if revoked_tasks > 0 {
+                audit.detail = format!("{} revoked_tasks={revoked_tasks}", audit.detail)
+                    .trim()
+                    .to_owned();
+            }
+            append_audit(t, heads, audit)?;
+            Ok(Outcome::ChangedAgent(ChangedAgent {
+                agent,
+                revoked_tasks,
+            }))
+        }
+        Command::CreateTask(task, audit) => {
+            let name = agent_name_of(&task.agent);
+            let agent: Agent =
+                get_json(&t.agents, "agent", name)?.ok_or_else(|| StoreError::NotFound {
+                    what: format!("agent {}", task.agent),
+                })?;
+            if agent.state != AgentState::Active {
+                return Err(StoreError::Precondition(format!(
+                    "agent {} is {}",
+                    agent.name,
+                    agent.state.as_str()
+                )));
+            }
+            let id = task.id.to_string();
+            t.tasks.insert(id.as_str(), encode(task).as_slice())?;
+            t.tasks_by_agent
+                .insert((task.agent.as_str(), id.as_str()), ())?;
+            if task.state == TaskState::Open {
+                t.deadlines.insert((task.expires_at, id.as_str()), ())?;
+            }
+            append_audit(t, heads, audit.clone())?;
+            Ok(Outcome::Task(task.clone()))
+        }
+        Command::EndTask(end) => {
+            let id = end.task.to_string();
+            let task: Task = get_json(&t.tasks, "task", &id)?
+                .filter(|task: &Task| end.owner.as_ref().is_none_or(|o| *o == task.agent))
+                .ok_or_else(|| StoreError::NotFound {
+                    what: format!("task {id}"),
+                })?;
+            let state = task.effective_state(end.now);
+            if state.is_final() {
+                return Err(StoreError::Precondition(format!(
+                    "task {id} is already {}",
+                    state.as_str()
+                )));
+            }
+            let ended = end_task_in(t, heads, events, task, end.state, &end.reason, end.now)?;
+            let mut audit = end.audit.clone();
+            audit.detail = format!("revoked_tokens={}", ended.revoked_tokens);
+            append_audit(t, heads, audit)?;
+            Ok(Outcome::Ended(ended))
+        }
+        Command::ExpireTasks(now) => {
+            let due: Vec<String> = {
+                let mut due = Vec::new();
+                for row in t.deadlines.range(..=(*now, "~"))? {
+                    let (k, _) = row?;
+                    due.push(k.value().1.to_owned());
+                    if due.len() >= 1000 {
+                        break;
+                    }
+                }
+                due
+            };
+            let mut ended = Vec::with_capacity(due.len());
+            for id in due {
+                let Some(task) = get_json::<Task>(&t.tasks, "task", &id)? else {
+                    continue;
+                };
+                let agent = task.agent.to_string();
+                let e = end_task_in(t, heads, events, task, TaskState::Expired, "task_expired", *now)?;
+                append_audit(
+                    t,
+                    heads,
+                    AuditEntry {
+                        sequence: 0,
+                        time: *now,
+                        actor: "broker".into(),
+                        action: "task.expire".into(),
+                        outcome: AuditOutcome::Allow,
+                        reason: "task_deadline_passed".into(),
+                        agent_id: agent,
+                        task_id: id,
+                        token_id: String::new(),
+                        detail: format!("revoked_tokens={}", e.revoked_tokens),
+                        prev_hash: String::new(),
+                        hash: String::new(),
+                    },
+                )?;
+                ended.push(e);
+            }
+            Ok(Outcome::Expired(ended))
+        }
+        Command::RecordToken(token, audit) => {
+            let name = agent_name_of(&token.agent);
+            let agent: Agent =
+                get_json(&t.agents, "agent", name)?.ok_or_else(|| StoreError::NotFound {
+                    what: format!("agent {}", token.agent),
+                })?;
+            if agent.state != AgentState::Active {
+                return Err(StoreError::Precondition(format!(
+                    "agent {} is {}",
+                    agent.name,
+                    agent.state.as_str()
+                )));
+            }
+            let task_id = token.task.to_string();
+            let task: Task = get_json(&t.tasks, "task", &task_id)?
+                .filter(|task: &Task| task.agent == token.agent)
+                .ok_or_else(|| StoreError::NotFound {
+                    what: format!("task {task_id}"),
+                })?;
+            let state = task.effective_state(token.issued_at);
+            if state != TaskState::Open {
+                return Err(StoreError::Precondition(format!(
+                    "task {task_id} is {}",
+                    state.as_str()
+                )));
+            }
+            let id = token.id.to_string();
+            t.tokens.insert(id.as_str(), encode(token).as_slice())?;
+            t.tokens_by_task.insert((task_id.as_str(), id.as_str()), ())?;
+            append_audit(t, heads, audit.clone())?;
+            Ok(Outcome::Done)
+        }
+        Command::RevokeToken {
+            id,
+            reason,
+            now,
+            audit,
+        } => {
+            let key = id.to_string();
+            let mut token: TokenRecord =
+                get_json(&t.tokens, "token", &key)?.ok_or_else(|| StoreError::NotFound {
+                    what: format!("token {key}"),
+                })?;
+            if token.revoked_at.is_some() {
+                return Err(StoreError::Precondition(format!(
+                    "token {key} is already revoked"
+                )));
+            }
+            token.revoked_at = Some(*now);
+            t.tokens.insert(key.as_str(), encode(&token).as_slice())?;
+            let event = append_revocation(
+                t,
+                heads,
+                events,
+                RevocationEvent {
+                    sequence: 0,
+                    kind: RevocationKind::Token,
+                    id: key,
+                    revoked_at: *now,
+                    not_after: token.expires_at,
+                    reason: reason.clone(),
+                },
+            )?;
+            append_audit(t, heads, audit.clone())?;
+            Ok(Outcome::RevokedToken(token, event))
+        }
+        Command::AppendAudit(audit) => {
+            append_audit(t, heads, audit.clone())?;
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+/// Moves a task to a final state, counts its live tokens and appends its revocation.
+fn end_task_in(
+    t: &mut Tables<'_>,
+    heads: &mut Heads,
+    events: &mut Vec<RevocationEvent>,
+    mut task: Task,
+    state: TaskState,
+    reason: &str,
+    now: i64,
+) -> Result<EndedTask, StoreError> {
+    let id = task.id.to_string();
+    let mut revoked_tokens = 0u32;
+    let mut not_after = now;
+    {
+        let lo = (id.as_str(), "");
+        let hi = (id.as_str(), "~");
+        for row in t.tokens_by_task.range(lo..hi)? {
+            let (k, _) = row?;
+            let token_id = k.value().1;
+            if let Some(v) = t.tokens.get(token_id)? {
+                let rec: TokenRecord = decode("token", v.value())?;
+                if rec.revoked_at.is_none() && rec.expires_at > now {
+                    revoked_tokens += 1;
+                    not_after = not_after.max(rec.expires_at);
+                }
+            }
+        }
+    }
+    if task.state == TaskState::Open {
+        t.deadlines.remove((task.expires_at, id.as_str()))?;
+    }
+    task.state = state;
+    task.ended_at = Some(now);
+    task.approval_id = None;
+    t.tasks.insert(id.as_str(), encode(&task).as_slice())?;
+    let revocation = append_revocation(
+        t,
+        heads,
+        events,
+        RevocationEvent {
+            sequence: 0,
+            kind: RevocationKind::Task,
+            id,
+            revoked_at: now,
+            not_after: not_after.min(task.expires_at.max(now)),
+            reason: reason.to_owned(),
+        },
+    )?;
+    Ok(EndedTask {
+        task,
+        revoked_tokens,
+        revocation,
+    })
+}
+
+macro_rules! expect_outcome {
+    ($r:expr, $p:pat => $v:expr) => {
+        match $r? {
+            $p => Ok($v),
+            other => Err(StoreError::Engine(format!(
+                "writer answered with an unexpected outcome: {other:?}"
+            ))),
+        }
+    };
+}
+
+#[async_trait]
+impl Store for RedbStore {
+    async fn register_agent(&self, agent: Agent, audit: AuditDraft) -> Result<Agent, StoreError> {
+        expect_outcome!(self.submit(Command::RegisterAgent(agent, audit)).await, Outcome::Agent(a) => a)
+    }
+
+    async fn change_agent_state(
+        &self,
+        change: ChangeAgentState,
+    ) -> Result<ChangedAgent, StoreError> {
+        expect_outcome!(self.submit(Command::ChangeAgentState(change)).await, Outcome::ChangedAgent(c) => c)
+    }
+
+    async fn agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError> {
+        self.read(|txn| get_json(&txn.open_table(AGENTS)?, "agent", name.as_str()))
+    }
+
+    async fn agent_by_oidc(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<Option<Agent>, StoreError> {
+        self.read(|txn| {
+            let name = match txn.open_table(OIDC_BINDINGS)?.get((issuer, subject))? {
+                Some(n) => n.value().to_owned(),
+                None => return Ok(None),
+            };
+            get_json(&txn.open_table(AGENTS)?, "agent", &name)
+        })
+    }
+
+    async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
+        self.read(|txn| {
+            let mut out = Vec::new();
+            for row in txn.open_table(AGENTS)?.iter()? {
+                let (_, v) = row?;
+                out.push(decode("agent", v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn create_task(&self, task: Task, audit: AuditDraft) -> Result<Task, StoreError> {
+        expect_outcome!(self.submit(Command::CreateTask(task, audit)).await, Outcome::Task(t) => t)
+    }
+
+    async fn task(&self, id: &TaskId) -> Result<Option<Task>, StoreError> {
+        self.read(|txn| get_json(&txn.open_table(TASKS)?, "task", &id.to_string()))
+    }
+
+    async fn list_tasks(
+        &self,
+        agent: Option<&AgentId>,
+        limit: usize,
+    ) -> Result<Vec<Task>, StoreError> {
+        self.read(|txn| {
+            let tasks = txn.open_table(TASKS)?;
+            let mut out = Vec::new();
+            match agent {
+                Some(a) => {
+                    let index = txn.open_table(TASKS_BY_AGENT)?;
+                    for row in index.range((a.as_str(), "")..(a.as_str(), "~"))?.rev() {
+                        let (k, _) = row?;
+                        if let Some(task) = get_json(&tasks, "task", k.value().1)? {
+                            out.push(task);
+                        }
+                        if out.len() >= limit {
+                            break;
+                        }
+                    }
+                }
+                None => {
+                    for row in tasks.iter()?.rev().take(limit) {
+                        let (_, v) = row?;
+                        out.push(decode("task", v.value())?);
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn end_task(&self, end: EndTask) -> Result<EndedTask, StoreError> {
+        expect_outcome!(self.submit(Command::EndTask(end)).await, Outcome::Ended(e) => e)
+    }
+
+    async fn expire_tasks(&self, now: i64) -> Result<Vec<EndedTask>, StoreError> {
+        // Most sweeps find nothing: look before taking a place in the writer's queue.
+        let due = self.read(|txn| {
+            Ok(txn
+                .open_table(OPEN_TASK_DEADLINES)?
+                .first()?
+                .is_some_and(|(k, _)| k.value().0 <= now))
+        })?;
+        if !due {
+            return Ok(Vec::new());
+        }
+        expect_outcome!(self.submit(Command::ExpireTasks(now)).await, Outcome::Expired(e) => e)
+    }
+
+    async fn record_token(&self, token: TokenRecord, audit: AuditDraft) -> Result<(), StoreError> {
+        expect_outcome!(self.submit(Command::RecordToken(token, audit)).await, Outcome::Done => ())
+    }
+
+    async fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        self.read(|txn| get_json(&txn.open_table(TOKENS)?, "token", &id.to_string()))
+    }
+
+    async fn list_tokens(
+        &self,
+        task: Option<&TaskId>,
+        limit: usize,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read(|txn| {
+            let tokens = txn.open_table(TOKENS)?;
+            let mut out = Vec::new();
+            match task {
+                Some(task) => {
+                    let task = task.to_string();
+                    let index = txn.open_table(TOKENS_BY_TASK)?;
+                    for row in index
+                        .range((task.as_str(), "")..(task.as_str(), "~"))?
+                        .rev()
+                    {
+                        let (k, _) = row?;
+                        if let Some(t) = get_json(&tokens, "token", k.value().1)? {
+                            out.push(t);
+                        }
+                        if out.len() >= limit {
+                            break;
+                        }
+                    }
+                }
+                None => {
+                    for row in tokens.iter()?.rev().take(limit) {
+                        let (_, v) = row?;
+                        out.push(decode("token", v.value())?);
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn revoke_token(
+        &self,
+        id: TokenId,
+        reason: String,
+        now: i64,
+        audit: AuditDraft,
+    ) -> Result<(TokenRecord, RevocationEvent), StoreError> {
+        expect_outcome!(
+            self.submit(Command::RevokeToken { id, reason, now, audit }).await,
+            Outcome::RevokedToken(t, e) => (t, e)
+        )
+    }
+
+    async fn append_audit(&self, audit: AuditDraft) -> Result<(), StoreError> {
+        expect_outcome!(self.submit(Command::AppendAudit(audit)).await, Outcome::Done => ())
+    }
+
+    async fn revocations_after(
+        &self,
+        sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<RevocationEvent>, StoreError> {
+        self.read(|txn| {
+            let mut out = Vec::new();
+            for row in txn
+                .open_table(REVOCATIONS)?
+                .range(sequence.saturating_add(1)..)?
+                .take(limit)
+            {
+                let (_, v) = row?;
+                out.push(decode("revocation", v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn subscribe_revocations(&self) -> broadcast::Receiver<RevocationEvent> {
+        self.inner.revocations.subscribe()
+    }
+
+    async fn audit_tail(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.read(|txn| {
+            let mut out = Vec::new();
+            for row in txn.open_table(AUDIT)?.iter()?.rev().take(limit) {
+                let (_, v) = row?;
+                out.push(decode("audit", v.value())?);
+            }
+            out.reverse();
+            Ok(out)
+        })
+    }
+
+    async fn verify_audit(&self) -> Result<AuditVerification, StoreError> {
+        let db = Arc::clone(&self.inner.db);
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read()?;
+            let mut head = GENESIS_HASH.to_owned();
+            let mut entries = 0u64;
+            for row in txn.open_table(AUDIT)?.iter()? {
+                let (k, v) = row?;
+                let entry: AuditEntry = match serde_json::from_slice(v.value()) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        return Ok(AuditVerification {
+                            entries,
+                            head_hash: head,
+                            problem: Some(taskpass_core::ChainProblem {
+                                sequence: k.value(),
+                                problem: format!("entry cannot be decoded: {e}"),
+                            }),
+                        });
+                    }
+                };
+                match verify_chain([&entry], head.clone(), entries + 1) {
+                    Ok(h) => head = h,
+                    Err(p) => {
+                        return Ok(AuditVerification {
+                            entries,
+                            head_hash: head,
+                            problem: Some(p),
+                        });
+                    }
+                }
+                entries += 1;
+            }
+            Ok(AuditVerification {
+                entries,
+                head_hash: head,
+                problem: None,
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Engine(format!("audit verification task failed: {e}")))?
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.read(|txn| {
+            Ok(StoreStats {
+                agents: txn.open_table(AGENTS)?.len()?,
+                tasks: txn.open_table(TASKS)?.len()?,
+                tokens: txn.open_table(TOKENS)?.len()?,
+                revocations: txn.open_table(REVOCATIONS)?.len()?,
+                audit_entries: txn.open_table(AUDIT)?.len()?,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,261 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use taskpass_core::{
+    AllowList, Audience, OidcBinding, Purpose, ScopeSet, TrustDomain,
+};
+
+fn draft(action: &str) -> AuditDraft {
+    AuditEntry {
+        sequence: 0,
+        time: 1,
+        actor: "test".into(),
+        action: action.into(),
+        outcome: AuditOutcome::Allow,
+        reason: String::new(),
+        agent_id: String::new(),
+        task_id: String::new(),
+        token_id: String::new(),
+        detail: String::new(),
+        prev_hash: String::new(),
+        hash: String::new(),
+    }
+}
+
+fn agent(name: &str, subject: &str) -> Agent {
+    let name = AgentName::parse(name).unwrap();
+    Agent {
+        id: TrustDomain::parse("example.org").unwrap().agent_id(&name),
+        name,
+        owner: "o".into(),
+        purpose: "p".into(),
+        tenant: String::new(),
+        environment: String::new(),
+        state: AgentState::Active,
+        oidc: vec![OidcBinding {
+            issuer: "https://issuer".into(),
+            subject: subject.into(),
+        }],
+        allow: AllowList {
+            audiences: Audience::parse_list(&["api"]).unwrap(),
+            scopes: ScopeSet::parse(&["read"]).unwrap(),
+            max_ttl_seconds: None,
+            approval_scopes: ScopeSet::default(),
+        },
+        review_every_days: 0,
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+fn task(agent: &Agent, now: i64, secs: i64) -> Task {
+    Task {
+        id: TaskId::from_ulid(ulid::Ulid::new()),
+        agent: agent.id.clone(),
+        state: TaskState::Open,
+        purpose: Purpose::parse("p").unwrap(),
+        audiences: Audience::parse_list(&["api"]).unwrap(),
+        scopes: ScopeSet::parse(&["read"]).unwrap(),
+        created_at: now,
+        expires_at: now + secs,
+        ended_at: None,
+        on_behalf_of: None,
+        approval_id: None,
+    }
+}
+
+fn token(task: &Task, now: i64, ttl: i64) -> TokenRecord {
+    TokenRecord {
+        id: TokenId::from_ulid(ulid::Ulid::new()),
+        task: task.id,
+        agent: task.agent.clone(),
+        audience: Audience::parse("api").unwrap(),
+        scopes: task.scopes.clone(),
+        issued_at: now,
+        expires_at: now + ttl,
+        revoked_at: None,
+    }
+}
+
+fn end(task: &Task, owner: Option<&AgentId>, now: i64) -> EndTask {
+    EndTask {
+        task: task.id,
+        owner: owner.cloned(),
+        state: TaskState::Completed,
+        reason: "task_completed".into(),
+        now,
+        audit: draft("complete_task"),
+    }
+}
+
+#[tokio::test]
+async fn lifecycle_is_durable_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let a = agent("bot", "sub-1");
+    let t = task(&a, 1000, 600);
+    let recorded: Vec<TokenRecord>;
+    {
+        let store = RedbStore::open(&path, StoreOptions::default()).unwrap();
+        store.register_agent(a.clone(), draft("register")).await.unwrap();
+        let dup = store.register_agent(a.clone(), draft("register")).await;
+        assert!(matches!(dup, Err(StoreError::AlreadyExists { .. })));
+        let mut other = agent("other", "sub-1");
+        other.name = AgentName::parse("other").unwrap();
+        let clash = store.register_agent(other, draft("register")).await;
+        assert!(matches!(clash, Err(StoreError::AlreadyExists { what }) if what.contains("bound to agent bot")));
+        assert_eq!(
+            store.agent_by_oidc("https://issuer", "sub-1").await.unwrap().unwrap().name,
+            a.name
+        );
+        store.create_task(t.clone(), draft("start")).await.unwrap();
+
+        // Many concurrent writers: grouped into few commits, all acknowledged.
+        let mut handles = Vec::new();
+        for _ in 0..200 {
+            let s = store.clone();
+            let rec = token(&t, 1001, 300);
+            handles.push(tokio::spawn(async move {
+                s.record_token(rec.clone(), draft("issue")).await.map(|()| rec)
+            }));
+        }
+        let mut recs = Vec::new();
+        for h in handles {
+            recs.push(h.await.unwrap().unwrap());
+        }
+        recorded = recs;
+        let mut rx = store.subscribe_revocations();
+        let ended = store.end_task(end(&t, Some(&a.id), 1100)).await.unwrap();
+        assert_eq!(ended.revoked_tokens, 200);
+        assert_eq!(ended.task.state, TaskState::Completed);
+        assert_eq!(ended.revocation.sequence, 1);
+        assert_eq!(ended.revocation.not_after, 1301);
+        assert_eq!(rx.recv().await.unwrap(), ended.revocation);
+        // No token after the end, even with an issue time before it.
+        let late = store.record_token(token(&t, 1050, 10), draft("issue")).await;
+        assert!(matches!(late, Err(StoreError::Precondition(_))));
+        let again = store.end_task(end(&t, Some(&a.id), 1101)).await;
+        assert!(matches!(again, Err(StoreError::Precondition(_))));
+    }
+    // Reopen: everything acknowledged is there, the chain verifies and continues.
+    let store = RedbStore::open(&path, StoreOptions::default()).unwrap();
+    for rec in &recorded {
+        assert_eq!(store.token(&rec.id).await.unwrap().as_ref(), Some(rec));
+    }
+    assert_eq!(store.task(&t.id).await.unwrap().unwrap().state, TaskState::Completed);
+    assert_eq!(store.list_tokens(Some(&t.id), 1000).await.unwrap().len(), 200);
+    assert_eq!(store.list_tasks(Some(&a.id), 10).await.unwrap().len(), 1);
+    let v = store.verify_audit().await.unwrap();
+    assert!(v.problem.is_none(), "{v:?}");
+    // register, dup (deny), clash (deny), start, 200 issues, complete, late (deny), again (deny)
+    assert_eq!(v.entries, 207);
+    let tail = store.audit_tail(3).await.unwrap();
+    assert_eq!(tail.len(), 3);
+    assert_eq!(tail[2].outcome, AuditOutcome::Deny);
+    store.append_audit(draft("after-restart")).await.unwrap();
+    let v = store.verify_audit().await.unwrap();
+    assert!(v.problem.is_none());
+    assert_eq!(store.revocations_after(0, 10).await.unwrap().len(), 1);
+    assert!(store.revocations_after(1, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn other_agents_task_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path().join("s.redb"), StoreOptions::default()).unwrap();
+    let a = agent("a", "s-a");
+    let b = agent("b", "s-b");
+    store.register_agent(a.clone(), draft("r")).await.unwrap();
+    store.register_agent(b.clone(), draft("r")).await.unwrap();
+    let t = task(&a, 0, 100);
+    store.create_task(t.clone(), draft("s")).await.unwrap();
+    let r = store.end_task(end(&t, Some(&b.id), 1)).await;
+    assert!(matches!(r, Err(StoreError::NotFound { .. })));
+    let mut forged = token(&t, 1, 10);
+    forged.agent = b.id.clone();
+    let r = store.record_token(forged, draft("i")).await;
+    assert!(matches!(r, Err(StoreError::NotFound { .. })));
+}
+
+#[tokio::test]
+async fn sweeper_expires_and_offboarding_revokes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path().join("s.redb"), StoreOptions::default()).unwrap();
+    let a = agent("a", "s-a");
+    store.register_agent(a.clone(), draft("r")).await.unwrap();
+    let short = task(&a, 0, 10);
+    let long = task(&a, 0, 1000);
+    store.create_task(short.clone(), draft("s")).await.unwrap();
+    store.create_task(long.clone(), draft("s")).await.unwrap();
+    store.record_token(token(&short, 1, 5), draft("i")).await.unwrap();
+    assert!(store.expire_tasks(9).await.unwrap().is_empty());
+    let ended = store.expire_tasks(10).await.unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].task.state, TaskState::Expired);
+    assert!(store.expire_tasks(11).await.unwrap().is_empty());
+
+    let changed = store
+        .change_agent_state(ChangeAgentState {
+            name: a.name.clone(),
+            state: AgentState::Offboarded,
+            now: 20,
+            max_ttl_seconds: 900,
+            audit: draft("offboard"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(changed.revoked_tasks, 1);
+    assert_eq!(store.task(&long.id).await.unwrap().unwrap().state, TaskState::Revoked);
+    let revs = store.revocations_after(0, 10).await.unwrap();
+    let kinds: Vec<_> = revs.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [RevocationKind::Task, RevocationKind::Task, RevocationKind::Agent]);
+    assert_eq!(revs.iter().map(|r| r.sequence).collect::<Vec<_>>(), [1, 2, 3]);
+    // The identity is free again; the offboarded agent stays offboarded.
+    assert!(store.agent_by_oidc("https://issuer", "s-a").await.unwrap().is_none());
+    let r = store
+        .change_agent_state(ChangeAgentState {
+            name: a.name.clone(),
+            state: AgentState::Active,
+            now: 30,
+            max_ttl_seconds: 900,
+            audit: draft("resume"),
+        })
+        .await;
+    assert!(matches!(r, Err(StoreError::Precondition(_))));
+    let r = store.create_task(task(&a, 30, 10), draft("s")).await;
+    assert!(matches!(r, Err(StoreError::Precondition(_))));
+}
+
+#[tokio::test]
+async fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    drop(RedbStore::open(&path, StoreOptions::default()).unwrap());
+    // Wait for the writer thread of the first handle to let go of the file.
+    let db = loop {
+        match Database::create(&path) {
+            Ok(db) => break db,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    };
+    let txn = db.begin_write().unwrap();
+    txn.open_table(META)
+        .unwrap()
+        .insert(META_SCHEMA_VERSION, SCHEMA_VERSION + 1)
+        .unwrap();
+    txn.commit().unwrap();
+    drop(db);
+    let err = RedbStore::open(&path, StoreOptions::default()).unwrap_err();
+    assert!(matches!(err, StoreError::UnsupportedSchema { .. }), "{err}");
+    assert!(err.to_string().contains("upgrade taskpassd"));
+}
+
+#[tokio::test]
+async fn store_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let _s = RedbStore::open(&path, StoreOptions::default()).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}

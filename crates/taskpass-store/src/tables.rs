@@ -1,0 +1,34 @@
+//! The on-disk format: one definition per table. Values are JSON of the `taskpass-core`
+//! records; keys are chosen so that inserts append (ULID ids, sequence numbers).
+
+use redb::TableDefinition;
+
+/// The schema version this build writes. Bump it with a migration in `RedbStore::open`.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// `schema_version` and other single values.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Agent name → Agent.
+pub(crate) const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+/// (OIDC issuer, subject) → agent name.
+pub(crate) const OIDC_BINDINGS: TableDefinition<(&str, &str), &str> =
+    TableDefinition::new("oidc_bindings");
+/// Task id → Task.
+pub(crate) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+/// (agent id, task id) → ().
+pub(crate) const TASKS_BY_AGENT: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("tasks_by_agent");
+/// (deadline, task id) → () for open tasks only: what the sweeper scans.
+pub(crate) const OPEN_TASK_DEADLINES: TableDefinition<(i64, &str), ()> =
+    TableDefinition::new("open_task_deadlines");
+/// Token id → TokenRecord.
+pub(crate) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// (task id, token id) → ().
+pub(crate) const TOKENS_BY_TASK: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("tokens_by_task");
+/// Sequence → RevocationEvent.
+pub(crate) const REVOCATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("revocations");
+/// Sequence → AuditEntry.
+pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
