@@ -1,1 +1,32 @@
-//! stub
+//! The Taskpass broker: the gRPC services (agents, validators, operators) over TLS, the HTTPS
+//! endpoints (JWKS, metadata, health, metrics), the data-dir PKI and signing keys, and the
+//! task-expiry sweeper. `taskpassd` is a thin binary over [`launch`].
+//!
+//! ```no_run
+//! # async fn f() -> anyhow::Result<()> {
+//! let cwd = std::env::current_dir()?;
+//! let config = taskpass_server::ConfigFile::dev().validate(&cwd)?;
+//! let broker = taskpass_server::launch(config).await?;
+//! println!("gRPC on {}", broker.grpc_addr);
+//! broker.run_until(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(()) }
+//! ```
+
+mod admin;
+mod broker;
+mod config;
+mod error;
+mod grpc;
+mod http;
+mod keys;
+mod metrics;
+mod pki;
+mod serve;
+mod tls;
+
+pub use broker::{Broker, MAX_ATTESTATION_BYTES};
+pub use config::{AttestationSection, Config, ConfigError, ConfigFile, ServerSection, TokensSection};
+pub use error::ApiError;
+pub use keys::{KeyRing, MAX_TOKEN_BYTES};
+pub use pki::{BrokerPki, PkiError, files, operator_uri};
+pub use serve::{GRACE, MAX_MESSAGE_BYTES, RunningBroker, launch, serve};

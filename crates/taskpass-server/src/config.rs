@@ -1,0 +1,313 @@
+//! The broker's configuration: deserialised from TOML, then validated into an immutable
+//! [`Config`]. Every problem found is reported at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use taskpass_attest::OidcIssuerConfig;
+use taskpass_core::{Limits, TrustDomain};
+
+/// The `[server]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// gRPC over TLS.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// HTTPS: JWKS, metadata, health, metrics.
+    #[serde(default = "default_http_listen")]
+    pub http_listen: SocketAddr,
+    /// Where the CA, keys and store live. Relative paths are relative to the working directory.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The trust domain of agent ids.
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    /// The tokens' `iss`; default `https://<http_listen>`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// redb page cache in MiB.
+    #[serde(default = "default_store_cache_mb")]
+    pub store_cache_mb: u32,
+}
+
+/// The `[tokens]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensSection {
+    /// Token TTL when none is asked for.
+    #[serde(default = "default_ttl")]
+    pub default_ttl_seconds: u32,
+    /// Largest token TTL.
+    #[serde(default = "max_ttl")]
+    pub max_ttl_seconds: u32,
+    /// Task duration when none is asked for.
+    #[serde(default = "default_task")]
+    pub default_task_seconds: u32,
+    /// Largest task duration.
+    #[serde(default = "max_task")]
+    pub max_task_seconds: u32,
+}
+
+/// The `[attestation]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationSection {
+    /// Clock skew allowed on attestation exp/nbf/iat.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u32,
+    /// Trusted workload issuers.
+    #[serde(default)]
+    pub oidc: Vec<OidcIssuerConfig>,
+}
+
+/// The TOML file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `[server]`.
+    #[serde(default = "default_server")]
+    pub server: ServerSection,
+    /// `[tokens]`.
+    #[serde(default = "default_tokens")]
+    pub tokens: TokensSection,
+    /// `[attestation]`.
+    #[serde(default = "default_attestation")]
+    pub attestation: AttestationSection,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7443))
+}
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7444))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./taskpass-data")
+}
+fn default_trust_domain() -> String {
+    "dev.local".into()
+}
+fn default_store_cache_mb() -> u32 {
+    64
+}
+fn default_ttl() -> u32 {
+    Limits::default().default_ttl_seconds
+}
+fn max_ttl() -> u32 {
+    Limits::default().max_ttl_seconds
+}
+fn default_task() -> u32 {
+    Limits::default().default_task_seconds
+}
+fn max_task() -> u32 {
+    Limits::default().max_task_seconds
+}
+fn default_leeway() -> u32 {
+    30
+}
+fn default_server() -> ServerSection {
+    ServerSection {
+        listen: default_listen(),
+        http_listen: default_http_listen(),
+        data_dir: default_data_dir(),
+        trust_domain: default_trust_domain(),
+        issuer: None,
+        store_cache_mb: default_store_cache_mb(),
+    }
+}
+fn default_tokens() -> TokensSection {
+    TokensSection {
+        default_ttl_seconds: default_ttl(),
+        max_ttl_seconds: max_ttl(),
+        default_task_seconds: default_task(),
+        max_task_seconds: max_task(),
+    }
+}
+fn default_attestation() -> AttestationSection {
+    AttestationSection {
+        leeway_seconds: default_leeway(),
+        oidc: Vec::new(),
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// gRPC address.
+    pub listen: SocketAddr,
+    /// HTTPS address.
+    pub http_listen: SocketAddr,
+    /// Absolute data dir.
+    pub data_dir: PathBuf,
+    /// Trust domain.
+    pub trust_domain: TrustDomain,
+    /// Explicit issuer, if configured; else derived from the bound HTTPS address.
+    pub issuer: Option<String>,
+    /// Lifetimes.
+    pub limits: Limits,
+    /// Attestation leeway.
+    pub leeway_seconds: u32,
+    /// Trusted issuers.
+    pub oidc: Vec<OidcIssuerConfig>,
+    /// redb cache, bytes.
+    pub store_cache_bytes: usize,
+}
+
+/// Why a configuration was refused: every problem found.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl ConfigFile {
+    /// The embedded defaults of `taskpassd --dev`.
+    pub fn dev() -> Self {
+        Self {
+            server: default_server(),
+            tokens: default_tokens(),
+            attestation: default_attestation(),
+        }
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(vec![e.to_string()]))
+    }
+
+    /// Validates into a [`Config`]; relative paths are resolved against `cwd`.
+    pub fn validate(self, cwd: &Path) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let trust_domain = TrustDomain::parse(&self.server.trust_domain)
+            .map_err(|e| problems.push(format!("server.trust_domain: {e}")))
+            .ok();
+        let t = &self.tokens;
+        for (name, v) in [
+            ("default_ttl_seconds", t.default_ttl_seconds),
+            ("max_ttl_seconds", t.max_ttl_seconds),
+            ("default_task_seconds", t.default_task_seconds),
+            ("max_task_seconds", t.max_task_seconds),
+        ] {
+            if v == 0 {
+                problems.push(format!("tokens.{name} must be at least 1"));
+            }
+        }
+        if t.default_ttl_seconds > t.max_ttl_seconds {
+            problems.push("tokens.default_ttl_seconds is larger than tokens.max_ttl_seconds".into());
+        }
+        if t.default_task_seconds > t.max_task_seconds {
+            problems
+                .push("tokens.default_task_seconds is larger than tokens.max_task_seconds".into());
+        }
+        if let Some(iss) = &self.server.issuer {
+            if !iss.starts_with("https://") {
+                problems.push(format!("server.issuer {iss:?} must be an https:// URL"));
+            }
+        }
+        if self.attestation.leeway_seconds > 300 {
+            problems.push("attestation.leeway_seconds is above 300: clocks that far apart need fixing, not tolerating".into());
+        }
+        for (i, o) in self.attestation.oidc.iter().enumerate() {
+            for p in o.validate() {
+                problems.push(format!("attestation.oidc[{i}] ({}): {p}", o.issuer));
+            }
+        }
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                cwd.join(p)
+            }
+        };
+        let oidc = self
+            .attestation
+            .oidc
+            .into_iter()
+            .map(|mut o| {
+                o.jwks_file = o.jwks_file.as_deref().map(resolve);
+                o.ca_file = o.ca_file.as_deref().map(resolve);
+                o
+            })
+            .collect();
+        match (trust_domain, problems.is_empty()) {
+            (Some(trust_domain), true) => Ok(Config {
+                listen: self.server.listen,
+                http_listen: self.server.http_listen,
+                data_dir: resolve(&self.server.data_dir),
+                trust_domain,
+                issuer: self.server.issuer,
+                limits: Limits {
+                    default_ttl_seconds: t.default_ttl_seconds,
+                    max_ttl_seconds: t.max_ttl_seconds,
+                    default_task_seconds: t.default_task_seconds,
+                    max_task_seconds: t.max_task_seconds,
+                },
+                leeway_seconds: self.attestation.leeway_seconds,
+                oidc,
+                store_cache_bytes: usize::try_from(self.server.store_cache_mb)
+                    .unwrap_or(64)
+                    .saturating_mul(1 << 20),
+            }),
+            _ => Err(ConfigError(problems)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn spec_example_parses() {
+        let text = r#"
+[server]
+listen = "127.0.0.1:7443"
+http_listen = "127.0.0.1:7444"
+data_dir = "./taskpass-data"
+trust_domain = "example.org"
+
+[tokens]
+default_ttl_seconds = 300
+max_ttl_seconds = 900
+default_task_seconds = 3600
+max_task_seconds = 86400
+
+[[attestation.oidc]]
+issuer = "https://issuer.example"
+audiences = ["taskpass"]
+
+[attestation]
+leeway_seconds = 30
+"#;
+        let c = ConfigFile::parse(text).unwrap().validate(Path::new("/srv")).unwrap();
+        assert_eq!(c.data_dir, Path::new("/srv/./taskpass-data"));
+        assert_eq!(c.oidc.len(), 1);
+        assert_eq!(c.trust_domain.as_str(), "example.org");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = r#"
+[server]
+trust_domain = "Bad Domain"
+issuer = "http://plain"
+[tokens]
+default_ttl_seconds = 1000
+max_ttl_seconds = 900
+"#;
+        let e = ConfigFile::parse(text).unwrap().validate(Path::new("/")).unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
+        assert!(ConfigFile::parse("[server]\nlisten_typo = 1").is_err());
+        assert!(ConfigFile::parse("[server]\nlisten = \"nope\"").is_err());
+    }
+
+    #[test]
+    fn dev_defaults_match_the_spec() {
+        let c = ConfigFile::dev().validate(Path::new("/w")).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7443");
+        assert_eq!(c.http_listen.to_string(), "127.0.0.1:7444");
+        assert_eq!(c.trust_domain.as_str(), "dev.local");
+        assert_eq!(c.data_dir, Path::new("/w/./taskpass-data"));
+    }
+}

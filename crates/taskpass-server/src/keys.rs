@@ -1,0 +1,251 @@
+//! The token signing keys: Ed25519 (`alg` EdDSA, pinned), the JWKS that publishes them, and
+//! the verification the broker itself does for introspection.
+//!
+//! Keys have ids (RFC 7638 thumbprints) and the ring holds one active key plus any number of
+//! published ones, so rotation with pre-publication and overlap slots in later.
+
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use ring::rand::SystemRandom;
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use serde_json::json;
+use taskpass_core::AccessClaims;
+
+use crate::pki::{PkiError, write_file};
+
+/// The largest token the broker will look at in introspection.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// One signing key.
+struct SigningKey {
+    kid: String,
+    pair: Ed25519KeyPair,
+    header_b64: String,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+/// A published verification key.
+#[derive(Debug, Clone)]
+struct PublicKey {
+    kid: String,
+    x: Vec<u8>,
+}
+
+/// The broker's keys.
+#[derive(Debug)]
+pub struct KeyRing {
+    active: SigningKey,
+    published: Vec<PublicKey>,
+}
+
+/// Why the broker's own verification refused a token; the text is the introspection reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenProblem {
+    /// Not a compact JWS of ours.
+    Malformed,
+    /// Signed by a key the broker does not hold.
+    UnknownKey,
+    /// The signature does not verify.
+    BadSignature,
+}
+
+impl TokenProblem {
+    /// The introspection `inactive_reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnknownKey => "unknown_key",
+            Self::BadSignature => "bad_signature",
+        }
+    }
+}
+
+fn thumbprint(x: &[u8]) -> String {
+    // RFC 7638: the required members in lexicographic order, no whitespace.
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, B64.encode(x));
+    B64.encode(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()))
+}
+
+impl KeyRing {
+    /// Loads the signing key from `path`, creating it (0600) on first start.
+    pub fn load_or_create(path: &Path) -> Result<Self, PkiError> {
+        let pkcs8 = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| {
+                    PkiError::Cert {
+                        what: "signing key",
+                        detail: "the system random generator failed".into(),
+                    }
+                })?;
+                write_file(path, doc.as_ref(), false)?;
+                tracing::info!(path = %path.display(), "created the token signing key");
+                doc.as_ref().to_vec()
+            }
+            Err(source) => {
+                return Err(PkiError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        Self::from_pkcs8(&pkcs8).map_err(|detail| PkiError::Cert {
+            what: "signing key",
+            detail: format!("{}: {detail}", path.display()),
+        })
+    }
+
+    /// A ring with one key from its PKCS#8 bytes.
+    pub fn from_pkcs8(pkcs8: &[u8]) -> Result<Self, String> {
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
+            .map_err(|e| format!("not an Ed25519 PKCS#8 key: {e}"))?;
+        let x = pair.public_key().as_ref().to_vec();
+        let kid = thumbprint(&x);
+        let header = json!({"alg": "EdDSA", "typ": "at+jwt", "kid": kid});
+        let header_b64 = B64.encode(header.to_string());
+        Ok(Self {
+            published: vec![PublicKey {
+                kid: kid.clone(),
+                x,
+            }],
+            active: SigningKey {
+                kid,
+                pair,
+                header_b64,
+            },
+        })
+    }
+
+    /// The active key's id.
+    pub fn active_kid(&self) -> &str {
+        &self.active.kid
+    }
+
+    /// Signs `claims` with the active key: a compact JWS.
+    pub fn sign(&self, claims: &AccessClaims) -> String {
+        // Claims are strings and numbers: serialising cannot fail.
+        let payload = serde_json::to_vec(claims).unwrap_or_default();
+        let mut out = String::with_capacity(self.active.header_b64.len() + payload.len() * 4 / 3 + 100);
+        out.push_str(&self.active.header_b64);
+        out.push('.');
+        B64.encode_string(&payload, &mut out);
+        let sig = self.active.pair.sign(out.as_bytes());
+        out.push('.');
+        B64.encode_string(sig.as_ref(), &mut out);
+        out
+    }
+
+    /// The public keys as a JWKS document.
+    pub fn jwks_json(&self) -> String {
+        let keys: Vec<_> = self
+            .published
+            .iter()
+            .map(|k| {
+                json!({"kty": "OKP", "crv": "Ed25519", "x": B64.encode(&k.x), "kid": k.kid,
+                       "alg": "EdDSA", "use": "sig"})
+            })
+            .collect();
+        json!({ "keys": keys }).to_string()
+    }
+
+    /// Verifies a token's signature with the broker's own keys and returns its claims. Expiry
+    /// and revocation are the caller's to check.
+    pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenProblem> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenProblem::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenProblem::Malformed);
+        };
+        let header: serde_json::Map<String, serde_json::Value> = B64
+            .decode(h)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(TokenProblem::Malformed)?;
+        if header.get("alg").and_then(|v| v.as_str()) != Some("EdDSA")
+            || header.get("typ").and_then(|v| v.as_str()) != Some("at+jwt")
+            || header.contains_key("crit")
+        {
+            return Err(TokenProblem::Malformed);
+        }
+        let kid = header
+            .get("kid")
+            .and_then(|v| v.as_str())
+            .ok_or(TokenProblem::Malformed)?;
+        let key = self
+            .published
+            .iter()
+            .find(|k| k.kid == kid)
+            .ok_or(TokenProblem::UnknownKey)?;
+        let sig = B64.decode(s).map_err(|_| TokenProblem::Malformed)?;
+        let signed_len = h.len() + 1 + p.len();
+        UnparsedPublicKey::new(&ED25519, &key.x)
+            .verify(&token.as_bytes()[..signed_len], &sig)
+            .map_err(|_| TokenProblem::BadSignature)?;
+        let payload = B64.decode(p).map_err(|_| TokenProblem::Malformed)?;
+        serde_json::from_slice(&payload).map_err(|_| TokenProblem::Malformed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn claims() -> AccessClaims {
+        AccessClaims {
+            iss: "https://b".into(),
+            sub: "spiffe://d/agent/a".into(),
+            aud: "api".into(),
+            exp: 2,
+            iat: 1,
+            nbf: 1,
+            jti: "tok_1".into(),
+            client_id: "spiffe://d/agent/a".into(),
+            scope: "read".into(),
+            txn: "task_1".into(),
+            act: None,
+            cnf: None,
+        }
+    }
+
+    #[test]
+    fn sign_verify_and_tamper() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.p8");
+        let ring = KeyRing::load_or_create(&path).unwrap();
+        let again = KeyRing::load_or_create(&path).unwrap();
+        assert_eq!(ring.active_kid(), again.active_kid(), "the key persists");
+        let t = ring.sign(&claims());
+        assert_eq!(again.verify(&t).unwrap(), claims());
+        let jwks: serde_json::Value = serde_json::from_str(&ring.jwks_json()).unwrap();
+        assert_eq!(jwks["keys"][0]["kid"], ring.active_kid());
+        assert!(jwks["keys"][0].get("d").is_none(), "no private part");
+
+        let mut bad = t.clone();
+        bad.replace_range(t.len() - 3.., "AAA");
+        assert_eq!(ring.verify(&bad).unwrap_err(), TokenProblem::BadSignature);
+        let other = KeyRing::from_pkcs8(
+            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap().as_ref(),
+        )
+        .unwrap();
+        assert_eq!(ring.verify(&other.sign(&claims())).unwrap_err(), TokenProblem::UnknownKey);
+        for m in ["", "a.b", "a.b.c.d", "!!.!!.!!", &"a".repeat(MAX_TOKEN_BYTES + 1)] {
+            assert_eq!(ring.verify(m).unwrap_err(), TokenProblem::Malformed, "{m:.20}");
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The broker's own PKI, created in the data dir on first start: a CA (`ca.pem`,
+//! `ca-key.pem`), the first operator credential (`admin.pem`, `admin-key.pem`), and each start
+//! a fresh server certificate for `localhost` and the listen addresses (kept in memory).
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use taskpass_core::{Role, TrustDomain};
+
+/// Data-dir file names: part of the public contract.
+pub mod files {
+    /// The broker's CA certificate: clients trust the server with it.
+    pub const CA: &str = "ca.pem";
+    /// The CA's private key (0600).
+    pub const CA_KEY: &str = "ca-key.pem";
+    /// The first operator's certificate.
+    pub const ADMIN: &str = "admin.pem";
+    /// The first operator's private key (0600).
+    pub const ADMIN_KEY: &str = "admin-key.pem";
+    /// The token signing key, PKCS#8 (0600).
+    pub const SIGNING_KEY: &str = "signing-key.p8";
+    /// The store.
+    pub const STORE: &str = "store.redb";
+    /// Where the running broker listens, for `taskpass --data-dir`.
+    pub const ENDPOINT: &str = "broker.json";
+}
+
+/// Why the PKI could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PkiError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Certificate generation failed, or a stored key is unreadable.
+    #[error("{what}: {detail}")]
+    Cert {
+        /// What was being made or read.
+        what: &'static str,
+        /// The library's message.
+        detail: String,
+    },
+}
+
+fn cert_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
+    move |e| PkiError::Cert {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+/// The PKI material the server needs in memory.
+#[derive(Debug)]
+pub struct BrokerPki {
+    /// CA certificate, PEM.
+    pub ca_pem: String,
+    /// Server certificate chain (leaf then CA), PEM.
+    pub server_chain_pem: String,
+    /// Server private key, PEM. Never logged.
+    pub server_key_pem: String,
+}
+
+fn ca_params(trust_domain: &TrustDomain) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Taskpass");
+    dn.push(
+        DnType::CommonName,
+        format!("Taskpass broker CA ({trust_domain})"),
+    );
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::hours(1);
+    p.not_after = now + time::Duration::days(3650);
+    p
+}
+
+/// Writes `contents` to `path` with mode 0600 (or 0644 when `public`), atomically.
+pub fn write_file(path: &Path, contents: &[u8], public: bool) -> Result<(), PkiError> {
+    let io = |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if public { 0o644 } else { 0o600 });
+    }
+    let mut f = opts.open(&tmp).map_err(io)?;
+    f.write_all(contents).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)
+}
+
+fn read(path: &Path) -> Result<Option<String>, PkiError> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PkiError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Creates the data dir (0700) if needed.
+pub fn ensure_data_dir(dir: &Path) -> Result<(), PkiError> {
+    let io = |source| PkiError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Loads the CA from the data dir, creating it and the first operator credential on first
+/// start, then issues this start's server certificate for `localhost` and `ips`.
+pub fn bootstrap(
+    dir: &Path,
+    trust_domain: &TrustDomain,
+    ips: &[IpAddr],
+) -> Result<BrokerPki, PkiError> {
+    ensure_data_dir(dir)?;
+    let ca_path = dir.join(files::CA);
+    let ca_key_path = dir.join(files::CA_KEY);
+    let (ca_pem, ca_key) = match (read(&ca_path)?, read(&ca_key_path)?) {
+        (Some(pem), Some(key)) => (pem, KeyPair::from_pem(&key).map_err(cert_err("ca-key.pem"))?),
+        (None, None) => {
+            let key = KeyPair::generate().map_err(cert_err("CA key"))?;
+            let cert = ca_params(trust_domain)
+                .self_signed(&key)
+                .map_err(cert_err("CA certificate"))?;
+            write_file(&ca_key_path, key.serialize_pem().as_bytes(), false)?;
+            write_file(&ca_path, cert.pem().as_bytes(), true)?;
+            tracing::info!(path = %ca_path.display(), "created the broker CA");
+            (cert.pem(), key)
+        }
+        _ => {
+            return Err(PkiError::Cert {
+                what: "CA",
+                detail: format!(
+                    "only one of {} and {} exists in {}: restore the other or remove both to start a new CA",
+                    files::CA,
+                    files::CA_KEY,
+                    dir.display()
+                ),
+            });
+        }
+    };
+    let issuer = Issuer::new(ca_params(trust_domain), ca_key);
+
+    let admin_path = dir.join(files::ADMIN);
+    let admin_key_path = dir.join(files::ADMIN_KEY);
+    if read(&admin_path)?.is_none() {
+        let (cert, key) = issue_operator(&issuer, trust_domain, Role::Admin, "bootstrap", 365)?;
+        write_file(&admin_key_path, key.as_bytes(), false)?;
+        write_file(&admin_path, cert.as_bytes(), true)?;
+        tracing::info!(path = %admin_path.display(), "created the first operator credential");
+    }
+
+    let key = KeyPair::generate().map_err(cert_err("server key"))?;
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "taskpassd");
+    p.distinguished_name = dn;
+    let mut sans = vec![SanType::DnsName(
+        "localhost".try_into().map_err(cert_err("server SAN"))?,
+    )];
+    for ip in ips {
+        let san = SanType::IpAddress(*ip);
+        if !ip.is_unspecified() && !sans.contains(&san) {
+            sans.push(san);
+        }
+    }
+    p.subject_alt_names = sans;
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::hours(1);
+    p.not_after = now + time::Duration::days(90);
+    let cert = p
+        .signed_by(&key, &issuer)
+        .map_err(cert_err("server certificate"))?;
+    Ok(BrokerPki {
+        server_chain_pem: format!("{}{}", cert.pem(), ca_pem),
+        ca_pem,
+        server_key_pem: key.serialize_pem(),
+    })
+}
+
+/// The URI SAN of an operator: `spiffe://<trust-domain>/operator/<role>/<name>`.
+pub fn operator_uri(trust_domain: &TrustDomain, role: Role, name: &str) -> String {
+    format!("spiffe://{trust_domain}/operator/{}/{name}", role.as_str())
+}
+
+/// Issues an operator client certificate; returns (certificate PEM, key PEM).
+pub fn issue_operator(
+    issuer: &Issuer<'_, KeyPair>,
+    trust_domain: &TrustDomain,
+    role: Role,
+    name: &str,
+    days: i64,
+) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate().map_err(cert_err("operator key"))?;
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("taskpass {} {name}", role.as_str()));
+    p.distinguished_name = dn;
+    p.subject_alt_names = vec![SanType::URI(
+        operator_uri(trust_domain, role, name)
+            .try_into()
+            .map_err(cert_err("operator SAN"))?,
+    )];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::hours(1);
+    p.not_after = now + time::Duration::days(days);
+    let cert = p
+        .signed_by(&key, issuer)
+        .map_err(cert_err("operator certificate"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
