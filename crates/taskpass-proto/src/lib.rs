@@ -18,3 +18,24 @@ pub mod v1 {
 /// The encoded `FileDescriptorSet` of every `taskpass.v1` file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/taskpass_descriptor.bin"));
+
+/// Opens a gRPC channel to a broker at `url` (`https://host:port`), trusting `ca_pem` (the
+/// broker's `ca.pem`) and presenting `identity` (certificate PEM, key PEM) when given: the
+/// operators' credential for the admin API.
+pub async fn connect(
+    url: &str,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(url.to_owned())?
+        .tls_config(tls)?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+}

@@ -208,7 +208,11 @@ impl Broker {
     }
 
     /// RegisterAgent.
-    pub async fn register_agent(&self, op: &Operator, req: pb::RegisterAgentRequest) -> Result<pb::Agent, ApiError> {
+    pub async fn register_agent(
+        &self,
+        op: &Operator,
+        req: pb::RegisterAgentRequest,
+    ) -> Result<pb::Agent, ApiError> {
         require(op, Permission::ManageAgents)?;
         let now = self.now();
         let agent = self.parse_agent(req.agent.unwrap_or_default(), now)?;
@@ -218,7 +222,13 @@ impl Broker {
         a.detail = format!(
             "owner={} audiences={} scopes={}",
             agent.owner,
-            agent.allow.audiences.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(","),
+            agent
+                .allow
+                .audiences
+                .iter()
+                .map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             agent.allow.scopes.to_claim().replace(' ', ",")
         );
         let agent = self.store.register_agent(agent, a).await?;
@@ -228,7 +238,13 @@ impl Broker {
     /// ListAgents.
     pub async fn list_agents(&self, op: &Operator) -> Result<Vec<pb::Agent>, ApiError> {
         require(op, Permission::ReadAgents)?;
-        Ok(self.store.list_agents().await?.iter().map(agent_to_pb).collect())
+        Ok(self
+            .store
+            .list_agents()
+            .await?
+            .iter()
+            .map(agent_to_pb)
+            .collect())
     }
 
     /// GetAgent.
@@ -238,13 +254,21 @@ impl Broker {
     }
 
     /// SetAgentState: suspend, resume, offboard.
-    pub async fn set_agent_state(&self, op: &Operator, req: pb::SetAgentStateRequest) -> Result<pb::SetAgentStateResponse, ApiError> {
+    pub async fn set_agent_state(
+        &self,
+        op: &Operator,
+        req: pb::SetAgentStateRequest,
+    ) -> Result<pb::SetAgentStateResponse, ApiError> {
         require(op, Permission::ChangeAgentState)?;
         let state = match pb::AgentState::try_from(req.state) {
             Ok(pb::AgentState::Active) => AgentState::Active,
             Ok(pb::AgentState::Suspended) => AgentState::Suspended,
             Ok(pb::AgentState::Offboarded) => AgentState::Offboarded,
-            _ => return Err(ApiError::InvalidArgument("state must be ACTIVE, SUSPENDED or OFFBOARDED".into())),
+            _ => {
+                return Err(ApiError::InvalidArgument(
+                    "state must be ACTIVE, SUSPENDED or OFFBOARDED".into(),
+                ));
+            }
         };
         let agent = self.load_agent(&req.name).await?;
         let now = self.now();
@@ -273,7 +297,11 @@ impl Broker {
     }
 
     /// ListTasks.
-    pub async fn list_tasks(&self, op: &Operator, req: pb::ListTasksRequest) -> Result<Vec<pb::Task>, ApiError> {
+    pub async fn list_tasks(
+        &self,
+        op: &Operator,
+        req: pb::ListTasksRequest,
+    ) -> Result<Vec<pb::Task>, ApiError> {
         require(op, Permission::ReadTasks)?;
         let agent = if req.agent.is_empty() {
             None
@@ -291,7 +319,11 @@ impl Broker {
     }
 
     /// RevokeTask.
-    pub async fn revoke_task(&self, op: &Operator, req: pb::RevokeTaskRequest) -> Result<pb::RevokeTaskResponse, ApiError> {
+    pub async fn revoke_task(
+        &self,
+        op: &Operator,
+        req: pb::RevokeTaskRequest,
+    ) -> Result<pb::RevokeTaskResponse, ApiError> {
         require(op, Permission::Revoke)?;
         let id = TaskId::parse(&req.task_id).map_err(|e| ApiError::field("task_id", e))?;
         let now = self.now();
@@ -319,7 +351,11 @@ impl Broker {
     }
 
     /// ListTokens.
-    pub async fn list_tokens(&self, op: &Operator, req: pb::ListTokensRequest) -> Result<Vec<pb::TokenInfo>, ApiError> {
+    pub async fn list_tokens(
+        &self,
+        op: &Operator,
+        req: pb::ListTokensRequest,
+    ) -> Result<Vec<pb::TokenInfo>, ApiError> {
         require(op, Permission::ReadTokens)?;
         let task = if req.task_id.is_empty() {
             None
@@ -336,7 +372,11 @@ impl Broker {
     }
 
     /// RevokeToken.
-    pub async fn revoke_token(&self, op: &Operator, req: pb::RevokeTokenRequest) -> Result<pb::TokenInfo, ApiError> {
+    pub async fn revoke_token(
+        &self,
+        op: &Operator,
+        req: pb::RevokeTokenRequest,
+    ) -> Result<pb::TokenInfo, ApiError> {
         require(op, Permission::Revoke)?;
         let id = TokenId::parse(&req.token_id).map_err(|e| ApiError::field("token_id", e))?;
         let now = self.now();
@@ -355,7 +395,11 @@ impl Broker {
     }
 
     /// TailAudit.
-    pub async fn tail_audit(&self, op: &Operator, req: pb::TailAuditRequest) -> Result<Vec<pb::AuditEntry>, ApiError> {
+    pub async fn tail_audit(
+        &self,
+        op: &Operator,
+        req: pb::TailAuditRequest,
+    ) -> Result<Vec<pb::AuditEntry>, ApiError> {
         require(op, Permission::ReadAudit)?;
         Ok(self
             .store

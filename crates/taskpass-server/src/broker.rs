@@ -31,6 +31,8 @@ pub struct Broker {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) trusted_issuers: Vec<String>,
+    /// Becomes true when the broker shuts down: long-lived streams end on it.
+    pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// An audit entry under construction.
@@ -115,7 +117,8 @@ impl Broker {
             }
             Some(Method::Mtls(_)) => {
                 return Err(ApiError::Unauthenticated(
-                    "mTLS attestation is not enabled on this broker: attest with an OIDC token".into(),
+                    "mTLS attestation is not enabled on this broker: attest with an OIDC token"
+                        .into(),
                 ));
             }
             Some(Method::OidcToken(t)) => t,
@@ -219,7 +222,11 @@ impl Broker {
         a.task_id = task.id.to_string();
         a.detail = format!(
             "audiences={} scopes={} expires_at={}",
-            task.audiences.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(","),
+            task.audiences
+                .iter()
+                .map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             task.scopes.to_claim().replace(' ', ","),
             task.expires_at
         );
@@ -237,7 +244,8 @@ impl Broker {
         tracing::Span::current().record("task_id", req.task_id.as_str());
         let parsed = (|| {
             Ok::<_, ApiError>(IssueRequest {
-                audience: Audience::parse(&req.audience).map_err(|e| ApiError::field("audience", e))?,
+                audience: Audience::parse(&req.audience)
+                    .map_err(|e| ApiError::field("audience", e))?,
                 scopes: ScopeSet::parse(&req.scopes).map_err(|e| ApiError::field("scopes", e))?,
                 ttl_seconds: req.ttl_seconds,
             })
@@ -250,7 +258,11 @@ impl Broker {
         let now = self.now();
         let grant = match decide_issue(&agent, &task, &parsed, now, &self.limits) {
             Ok(g) => g,
-            Err(d) => return Err(self.deny(&agent, "issue_token", &req.task_id, d.into()).await),
+            Err(d) => {
+                return Err(self
+                    .deny(&agent, "issue_token", &req.task_id, d.into())
+                    .await);
+            }
         };
         let record = TokenRecord {
             id: TokenId::from_ulid(ulid::Ulid::new()),
@@ -386,8 +398,17 @@ impl Broker {
         Ok(pb::IntrospectResponse {
             active: true,
             inactive_reason: String::new(),
-            act_sub: claims.act.as_ref().map(|a| a.sub.clone()).unwrap_or_default(),
-            scopes: claims.scope.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            act_sub: claims
+                .act
+                .as_ref()
+                .map(|a| a.sub.clone())
+                .unwrap_or_default(),
+            scopes: claims
+                .scope
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
             sub: claims.sub,
             client_id: claims.client_id,
             task_id: claims.txn,

@@ -193,7 +193,8 @@ impl ConfigFile {
             }
         }
         if t.default_ttl_seconds > t.max_ttl_seconds {
-            problems.push("tokens.default_ttl_seconds is larger than tokens.max_ttl_seconds".into());
+            problems
+                .push("tokens.default_ttl_seconds is larger than tokens.max_ttl_seconds".into());
         }
         if t.default_task_seconds > t.max_task_seconds {
             problems
@@ -280,7 +281,10 @@ audiences = ["taskpass"]
 [attestation]
 leeway_seconds = 30
 "#;
-        let c = ConfigFile::parse(text).unwrap().validate(Path::new("/srv")).unwrap();
+        let c = ConfigFile::parse(text)
+            .unwrap()
+            .validate(Path::new("/srv"))
+            .unwrap();
         assert_eq!(c.data_dir, Path::new("/srv/./taskpass-data"));
         assert_eq!(c.oidc.len(), 1);
         assert_eq!(c.trust_domain.as_str(), "example.org");
@@ -296,7 +300,10 @@ issuer = "http://plain"
 default_ttl_seconds = 1000
 max_ttl_seconds = 900
 "#;
-        let e = ConfigFile::parse(text).unwrap().validate(Path::new("/")).unwrap_err();
+        let e = ConfigFile::parse(text)
+            .unwrap()
+            .validate(Path::new("/"))
+            .unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
         assert!(ConfigFile::parse("[server]\nlisten_typo = 1").is_err());
         assert!(ConfigFile::parse("[server]\nlisten = \"nope\"").is_err());

@@ -75,7 +75,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound { what } => Self::NotFound(format!("{what} not found")),
-            StoreError::AlreadyExists { what } => Self::AlreadyExists(format!("{what} already exists")),
+            StoreError::AlreadyExists { what } => {
+                Self::AlreadyExists(format!("{what} already exists"))
+            }
             StoreError::Precondition(m) => Self::FailedPrecondition(m),
             other => Self::Internal(other.to_string()),
         }

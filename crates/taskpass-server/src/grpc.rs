@@ -130,6 +130,7 @@ async fn follow_revocations(
 ) {
     // Subscribe before reading the backlog so nothing committed in between is missed.
     let mut live = broker.store.subscribe_revocations();
+    let mut shutdown = broker.shutdown.clone();
     loop {
         // Catch up from the durable log.
         loop {
@@ -164,6 +165,7 @@ async fn follow_revocations(
                     Err(RecvError::Closed) => return,
                 },
                 () = tx.closed() => return,
+                _ = shutdown.changed() => return,
             }
         }
     }

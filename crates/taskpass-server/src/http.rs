@@ -41,7 +41,10 @@ async fn metadata(State(b): State<Arc<Broker>>) -> impl IntoResponse {
         "response_types_supported": [],
         "grant_types_supported": [],
     });
-    ([(header::CONTENT_TYPE, "application/json")], doc.to_string())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        doc.to_string(),
+    )
 }
 
 async fn healthz(State(b): State<Arc<Broker>>) -> impl IntoResponse {
@@ -56,13 +59,36 @@ async fn healthz(State(b): State<Arc<Broker>>) -> impl IntoResponse {
 
 async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {
     let stats = b.store().stats().await.unwrap_or_default();
-    #[expect(clippy::cast_precision_loss, reason = "gauges are approximate by nature")]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "gauges are approximate by nature"
+    )]
     let extra = [
-        ("taskpass_store_agents", "Agents registered.", stats.agents as f64),
-        ("taskpass_store_tasks", "Tasks recorded.", stats.tasks as f64),
-        ("taskpass_store_tokens", "Token records.", stats.tokens as f64),
-        ("taskpass_store_revocations", "Revocation log entries.", stats.revocations as f64),
-        ("taskpass_store_audit_entries", "Audit log entries.", stats.audit_entries as f64),
+        (
+            "taskpass_store_agents",
+            "Agents registered.",
+            stats.agents as f64,
+        ),
+        (
+            "taskpass_store_tasks",
+            "Tasks recorded.",
+            stats.tasks as f64,
+        ),
+        (
+            "taskpass_store_tokens",
+            "Token records.",
+            stats.tokens as f64,
+        ),
+        (
+            "taskpass_store_revocations",
+            "Revocation log entries.",
+            stats.revocations as f64,
+        ),
+        (
+            "taskpass_store_audit_entries",
+            "Audit log entries.",
+            stats.audit_entries as f64,
+        ),
     ];
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -71,10 +97,14 @@ async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {
 }
 
 /// Serves `router` on TLS streams until `shutdown` fires.
-pub async fn serve<S>(mut incoming: S, router: Router, mut shutdown: tokio::sync::watch::Receiver<bool>)
-where
-    S: tokio_stream::Stream<Item = Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>>
-        + Unpin,
+pub async fn serve<S>(
+    mut incoming: S,
+    router: Router,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) where
+    S: tokio_stream::Stream<
+            Item = Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+        > + Unpin,
 {
     loop {
         let stream = tokio::select! {

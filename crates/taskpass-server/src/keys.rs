@@ -27,7 +27,9 @@ struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -70,7 +72,10 @@ impl TokenProblem {
 fn thumbprint(x: &[u8]) -> String {
     // RFC 7638: the required members in lexicographic order, no whitespace.
     let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, B64.encode(x));
-    B64.encode(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()))
+    B64.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        canonical.as_bytes(),
+    ))
 }
 
 impl KeyRing {
@@ -132,7 +137,8 @@ impl KeyRing {
     pub fn sign(&self, claims: &AccessClaims) -> String {
         // Claims are strings and numbers: serialising cannot fail.
         let payload = serde_json::to_vec(claims).unwrap_or_default();
-        let mut out = String::with_capacity(self.active.header_b64.len() + payload.len() * 4 / 3 + 100);
+        let mut out =
+            String::with_capacity(self.active.header_b64.len() + payload.len() * 4 / 3 + 100);
         out.push_str(&self.active.header_b64);
         out.push('.');
         B64.encode_string(&payload, &mut out);
@@ -162,7 +168,8 @@ impl KeyRing {
             return Err(TokenProblem::Malformed);
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenProblem::Malformed);
         };
@@ -235,17 +242,35 @@ mod tests {
         bad.replace_range(t.len() - 3.., "AAA");
         assert_eq!(ring.verify(&bad).unwrap_err(), TokenProblem::BadSignature);
         let other = KeyRing::from_pkcs8(
-            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap().as_ref(),
+            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+                .unwrap()
+                .as_ref(),
         )
         .unwrap();
-        assert_eq!(ring.verify(&other.sign(&claims())).unwrap_err(), TokenProblem::UnknownKey);
-        for m in ["", "a.b", "a.b.c.d", "!!.!!.!!", &"a".repeat(MAX_TOKEN_BYTES + 1)] {
-            assert_eq!(ring.verify(m).unwrap_err(), TokenProblem::Malformed, "{m:.20}");
+        assert_eq!(
+            ring.verify(&other.sign(&claims())).unwrap_err(),
+            TokenProblem::UnknownKey
+        );
+        for m in [
+            "",
+            "a.b",
+            "a.b.c.d",
+            "!!.!!.!!",
+            &"a".repeat(MAX_TOKEN_BYTES + 1),
+        ] {
+            assert_eq!(
+                ring.verify(m).unwrap_err(),
+                TokenProblem::Malformed,
+                "{m:.20}"
+            );
         }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
     }
 }

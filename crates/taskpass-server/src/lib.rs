@@ -25,7 +25,9 @@ mod serve;
 mod tls;
 
 pub use broker::{Broker, MAX_ATTESTATION_BYTES};
-pub use config::{AttestationSection, Config, ConfigError, ConfigFile, ServerSection, TokensSection};
+pub use config::{
+    AttestationSection, Config, ConfigError, ConfigFile, ServerSection, TokensSection,
+};
 pub use error::ApiError;
 pub use keys::{KeyRing, MAX_TOKEN_BYTES};
 pub use pki::{BrokerPki, PkiError, files, operator_uri};

@@ -5,7 +5,9 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-const BUCKETS_MS: [f64; 11] = [0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 5000.0];
+const BUCKETS_MS: [f64; 11] = [
+    0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 5000.0,
+];
 
 #[derive(Debug, Default, Clone)]
 struct Histogram {
@@ -53,7 +55,10 @@ impl Metrics {
         out.push_str("# HELP taskpass_rpc_requests_total gRPC requests handled, by method and status code.\n");
         out.push_str("# TYPE taskpass_rpc_requests_total counter\n");
         for ((rpc, code), n) in &inner.requests {
-            let _ = writeln!(out, "taskpass_rpc_requests_total{{method=\"{rpc}\",code=\"{code}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "taskpass_rpc_requests_total{{method=\"{rpc}\",code=\"{code}\"}} {n}"
+            );
         }
         out.push_str("# HELP taskpass_rpc_duration_seconds gRPC handling time, by method.\n");
         out.push_str("# TYPE taskpass_rpc_duration_seconds histogram\n");
@@ -66,9 +71,21 @@ impl Metrics {
                     h.counts[i]
                 );
             }
-            let _ = writeln!(out, "taskpass_rpc_duration_seconds_bucket{{method=\"{rpc}\",le=\"+Inf\"}} {}", h.total);
-            let _ = writeln!(out, "taskpass_rpc_duration_seconds_sum{{method=\"{rpc}\"}} {}", h.sum_ms / 1000.0);
-            let _ = writeln!(out, "taskpass_rpc_duration_seconds_count{{method=\"{rpc}\"}} {}", h.total);
+            let _ = writeln!(
+                out,
+                "taskpass_rpc_duration_seconds_bucket{{method=\"{rpc}\",le=\"+Inf\"}} {}",
+                h.total
+            );
+            let _ = writeln!(
+                out,
+                "taskpass_rpc_duration_seconds_sum{{method=\"{rpc}\"}} {}",
+                h.sum_ms / 1000.0
+            );
+            let _ = writeln!(
+                out,
+                "taskpass_rpc_duration_seconds_count{{method=\"{rpc}\"}} {}",
+                h.total
+            );
         }
         for (name, help, v) in extra {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -108,10 +125,16 @@ mod tests {
     fn renders_counts_and_buckets() {
         let m = Metrics::default();
         m.observe("IssueToken", tonic::Code::Ok, Duration::from_micros(700));
-        m.observe("IssueToken", tonic::Code::PermissionDenied, Duration::from_millis(3));
+        m.observe(
+            "IssueToken",
+            tonic::Code::PermissionDenied,
+            Duration::from_millis(3),
+        );
         let text = m.render(&[("taskpass_up", "1 when serving", 1.0)]);
         assert!(text.contains("taskpass_rpc_requests_total{method=\"IssueToken\",code=\"OK\"} 1"));
-        assert!(text.contains("taskpass_rpc_duration_seconds_bucket{method=\"IssueToken\",le=\"0.001\"} 1"));
+        assert!(text.contains(
+            "taskpass_rpc_duration_seconds_bucket{method=\"IssueToken\",le=\"0.001\"} 1"
+        ));
         assert!(text.contains("taskpass_rpc_duration_seconds_count{method=\"IssueToken\"} 2"));
         assert!(text.contains("taskpass_up 1"));
     }

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use taskpass_core::{Role, TrustDomain};
 
@@ -150,7 +150,10 @@ pub fn bootstrap(
     let ca_path = dir.join(files::CA);
     let ca_key_path = dir.join(files::CA_KEY);
     let (ca_pem, ca_key) = match (read(&ca_path)?, read(&ca_key_path)?) {
-        (Some(pem), Some(key)) => (pem, KeyPair::from_pem(&key).map_err(cert_err("ca-key.pem"))?),
+        (Some(pem), Some(key)) => (
+            pem,
+            KeyPair::from_pem(&key).map_err(cert_err("ca-key.pem"))?,
+        ),
         (None, None) => {
             let key = KeyPair::generate().map_err(cert_err("CA key"))?;
             let cert = ca_params(trust_domain)
@@ -230,7 +233,10 @@ pub fn issue_operator(
     let key = KeyPair::generate().map_err(cert_err("operator key"))?;
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("taskpass {} {name}", role.as_str()));
+    dn.push(
+        DnType::CommonName,
+        format!("taskpass {} {name}", role.as_str()),
+    );
     p.distinguished_name = dn;
     p.subject_alt_names = vec![SanType::URI(
         operator_uri(trust_domain, role, name)

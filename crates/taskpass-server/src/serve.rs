@@ -77,7 +77,10 @@ pub async fn launch(config: Config) -> anyhow::Result<RunningBroker> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.listen): {e}", config.listen))?;
     let http = TcpListener::bind(config.http_listen).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on {} (server.http_listen): {e}", config.http_listen)
+        anyhow::anyhow!(
+            "cannot listen on {} (server.http_listen): {e}",
+            config.http_listen
+        )
     })?;
     serve(grpc, http, config, Arc::new(SystemClock)).await
 }
@@ -115,6 +118,7 @@ pub async fn serve(
         .issuer
         .clone()
         .unwrap_or_else(|| format!("https://{http_addr}"));
+    let (shutdown, shutdown_rx) = watch::channel(false);
     let broker = Arc::new(Broker {
         store: Arc::clone(&store),
         attestor: oidc.clone(),
@@ -125,9 +129,9 @@ pub async fn serve(
         clock: Arc::clone(&clock),
         metrics: Arc::new(Metrics::default()),
         trusted_issuers: config.oidc.iter().map(|o| o.issuer.clone()).collect(),
+        shutdown: shutdown_rx.clone(),
     });
 
-    let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = vec![oidc.spawn_refresh()];
 
     // Sweeper: expire tasks past their deadline and revoke their tokens.
@@ -198,7 +202,13 @@ pub async fn serve(
         let _ = stop.changed().await;
     }));
 
-    write_endpoint(dir, grpc_addr, http_addr, &issuer, config.trust_domain.as_str())?;
+    write_endpoint(
+        dir,
+        grpc_addr,
+        http_addr,
+        &issuer,
+        config.trust_domain.as_str(),
+    )?;
     tracing::info!(%grpc_addr, %http_addr, %issuer, data_dir = %dir.display(), "taskpassd ready");
     Ok(RunningBroker {
         grpc_addr,

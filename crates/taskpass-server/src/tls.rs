@@ -28,9 +28,10 @@ pub fn server_config(pki: &BrokerPki, alpn: &[&[u8]]) -> anyhow::Result<Arc<rust
     for c in certs(&pki.ca_pem)? {
         roots.add(c)?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-        .allow_unauthenticated()
-        .build()?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+            .allow_unauthenticated()
+            .build()?;
     let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes())
         .map_err(|e| anyhow::anyhow!("server key: {e}"))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)

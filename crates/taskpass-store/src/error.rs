@@ -21,7 +21,9 @@ pub enum StoreError {
     #[error("{0}")]
     Precondition(String),
     /// The store file was written by a newer Taskpass, or is not a Taskpass store.
-    #[error("store schema version {found} is not supported (this build reads up to {supported}): upgrade taskpassd")]
+    #[error(
+        "store schema version {found} is not supported (this build reads up to {supported}): upgrade taskpassd"
+    )]
     UnsupportedSchema {
         /// The version in the file.
         found: u64,

@@ -124,8 +124,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Changes an agent's state. Suspending or offboarding revokes its open tasks; offboarding
     /// also appends an agent revocation. An offboarded agent cannot change state again.
-    async fn change_agent_state(&self, change: ChangeAgentState)
-    -> Result<ChangedAgent, StoreError>;
+    async fn change_agent_state(
+        &self,
+        change: ChangeAgentState,
+    ) -> Result<ChangedAgent, StoreError>;
 
     /// The agent with this name.
     async fn agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError>;
@@ -144,8 +146,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn task(&self, id: &TaskId) -> Result<Option<Task>, StoreError>;
 
     /// The newest tasks, of one agent or all, newest first.
-    async fn list_tasks(&self, agent: Option<&AgentId>, limit: usize)
-    -> Result<Vec<Task>, StoreError>;
+    async fn list_tasks(
+        &self,
+        agent: Option<&AgentId>,
+        limit: usize,
+    ) -> Result<Vec<Task>, StoreError>;
 
     /// Ends an open task and revokes its tokens.
     async fn end_task(&self, end: EndTask) -> Result<EndedTask, StoreError>;
@@ -160,8 +165,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError>;
 
     /// The newest token records, of one task or all, newest first.
-    async fn list_tokens(&self, task: Option<&TaskId>, limit: usize)
-    -> Result<Vec<TokenRecord>, StoreError>;
+    async fn list_tokens(
+        &self,
+        task: Option<&TaskId>,
+        limit: usize,
+    ) -> Result<Vec<TokenRecord>, StoreError>;
 
     /// Revokes one token.
     async fn revoke_token(
@@ -176,8 +184,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn append_audit(&self, audit: AuditDraft) -> Result<(), StoreError>;
 
     /// Revocations after `sequence`, oldest first, at most `limit`.
-    async fn revocations_after(&self, sequence: u64, limit: usize)
-    -> Result<Vec<RevocationEvent>, StoreError>;
+    async fn revocations_after(
+        &self,
+        sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<RevocationEvent>, StoreError>;
 
     /// Revocations appended from now on, as they commit.
     fn subscribe_revocations(&self) -> broadcast::Receiver<RevocationEvent>;

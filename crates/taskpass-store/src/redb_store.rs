@@ -3,7 +3,9 @@ use std::sync::Arc;
 use std::thread;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, WriteTransaction,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use taskpass_core::{
@@ -353,7 +355,11 @@ fn audit_draft(cmd: &Command) -> Option<&AuditDraft> {
     }
 }
 
-fn append_audit(t: &mut Tables<'_>, heads: &mut Heads, draft: AuditDraft) -> Result<(), StoreError> {
+fn append_audit(
+    t: &mut Tables<'_>,
+    heads: &mut Heads,
+    draft: AuditDraft,
+) -> Result<(), StoreError> {
     let seq = heads.audit_seq + 1;
     let entry = draft.seal(seq, &heads.audit_hash);
     t.audit.insert(seq, encode(&entry).as_slice())?;
@@ -419,20 +425,19 @@ fn apply(
             t.agents
                 .insert(agent.name.as_str(), encode(agent).as_slice())?;
             for b in &agent.oidc {
-                t.bindings.insert(
-                    (b.issuer.as_str(), b.subject.as_str()),
-                    agent.name.as_str(),
-                )?;
+                t.bindings
+                    .insert((b.issuer.as_str(), b.subject.as_str()), agent.name.as_str())?;
             }
             append_audit(t, heads, audit.clone())?;
             Ok(Outcome::Agent(agent.clone()))
         }
         Command::ChangeAgentState(c) => {
-            let mut agent: Agent = get_json(&t.agents, "agent", c.name.as_str())?.ok_or_else(
-                || StoreError::NotFound {
-                    what: format!("agent {}", c.name),
-                },
-            )?;
+            let mut agent: Agent =
+                get_json(&t.agents, "agent", c.name.as_str())?.ok_or_else(|| {
+                    StoreError::NotFound {
+                        what: format!("agent {}", c.name),
+                    }
+                })?;
             if agent.state == AgentState::Offboarded {
                 return Err(StoreError::Precondition(format!(
                     "agent {} is offboarded, which is final: register a new agent instead",
@@ -457,12 +462,11 @@ fn apply(
                     ids
                 };
                 for id in ids {
-                    let task: Task = get_json(&t.tasks, "task", &id)?.ok_or_else(|| {
-                        StoreError::Corrupt {
+                    let task: Task =
+                        get_json(&t.tasks, "task", &id)?.ok_or_else(|| StoreError::Corrupt {
                             what: "tasks_by_agent",
                             detail: format!("index names missing task {id}"),
-                        }
-                    })?;
+                        })?;
                     if !task.state.is_final() {
                         end_task_in(t, heads, events, task, TaskState::Revoked, reason, c.now)?;
                         revoked_tasks += 1;
@@ -470,8 +474,7 @@ fn apply(
                 }
                 if c.state == AgentState::Offboarded {
                     for b in &agent.oidc {
-                        t.bindings
-                            .remove((b.issuer.as_str(), b.subject.as_str()))?;
+                        t.bindings.remove((b.issuer.as_str(), b.subject.as_str()))?;
                     }
                     append_revocation(
                         t,
@@ -565,7 +568,15 @@ fn apply(
                     continue;
                 };
                 let agent = task.agent.to_string();
-                let e = end_task_in(t, heads, events, task, TaskState::Expired, "task_expired", *now)?;
+                let e = end_task_in(
+                    t,
+                    heads,
+                    events,
+                    task,
+                    TaskState::Expired,
+                    "task_expired",
+                    *now,
+                )?;
                 append_audit(
                     t,
                     heads,
@@ -616,7 +627,8 @@ fn apply(
             }
             let id = token.id.to_string();
             t.tokens.insert(id.as_str(), encode(token).as_slice())?;
-            t.tokens_by_task.insert((task_id.as_str(), id.as_str()), ())?;
+            t.tokens_by_task
+                .insert((task_id.as_str(), id.as_str()), ())?;
             append_audit(t, heads, audit.clone())?;
             Ok(Outcome::Done)
         }

@@ -1,1 +1,34 @@
-//! stub
+//! The Taskpass validator SDK: a downstream API verifies the access tokens agents present,
+//! offline, against the broker's JWKS.
+//!
+//! A token is accepted only if it is a compact JWS of type `at+jwt`, signed (`EdDSA`, or
+//! `ES256`) by a key of the broker's key set under the algorithm that key is pinned to, issued
+//! by the configured issuer, for the caller's own audience, and within its lifetime. Everything
+//! else is a [`VerifyError`] whose [`reason`](VerifyError::reason) matches what the broker's
+//! introspection reports. Revocation is the other half: follow `WatchRevocations` and reject
+//! the token ids, tasks and agents it names.
+//!
+//! ```
+//! use taskpass_verify::{KeySet, Verifier, VerifyError};
+//!
+//! // The broker's `/.well-known/jwks.json`.
+//! let jwks = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","alg":"EdDSA","use":"sig",
+//!               "x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+//! let verifier = Verifier::new("https://taskpass.example.org", KeySet::from_json(jwks)?);
+//!
+//! # let bearer = "not-a-token";
+//! match verifier.verify(bearer, "https://billing.example.org") {
+//!     Ok(token) if token.has_scope("invoices:read") => { /* serve token.subject */ }
+//!     Ok(_) => { /* 403: scope not granted */ }
+//!     Err(e) => assert_eq!(e.reason(), "malformed"), // 401, log e.reason()
+//! }
+//! # Ok::<(), VerifyError>(())
+//! ```
+
+mod error;
+mod keys;
+mod verifier;
+
+pub use error::VerifyError;
+pub use keys::{KeySet, MAX_JWKS_BYTES, MAX_JWKS_KEYS};
+pub use verifier::{DEFAULT_LEEWAY_SECS, MAX_TOKEN_BYTES, VerifiedToken, Verifier};

@@ -1,9 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use taskpass_core::{
-    AllowList, Audience, OidcBinding, Purpose, ScopeSet, TrustDomain,
-};
+use taskpass_core::{AllowList, Audience, OidcBinding, Purpose, ScopeSet, TrustDomain};
 
 fn draft(action: &str) -> AuditDraft {
     AuditEntry {
@@ -97,15 +95,25 @@ async fn lifecycle_is_durable_and_audited() {
     let recorded: Vec<TokenRecord>;
     {
         let store = RedbStore::open(&path, StoreOptions::default()).unwrap();
-        store.register_agent(a.clone(), draft("register")).await.unwrap();
+        store
+            .register_agent(a.clone(), draft("register"))
+            .await
+            .unwrap();
         let dup = store.register_agent(a.clone(), draft("register")).await;
         assert!(matches!(dup, Err(StoreError::AlreadyExists { .. })));
         let mut other = agent("other", "sub-1");
         other.name = AgentName::parse("other").unwrap();
         let clash = store.register_agent(other, draft("register")).await;
-        assert!(matches!(clash, Err(StoreError::AlreadyExists { what }) if what.contains("bound to agent bot")));
+        assert!(
+            matches!(clash, Err(StoreError::AlreadyExists { what }) if what.contains("bound to agent bot"))
+        );
         assert_eq!(
-            store.agent_by_oidc("https://issuer", "sub-1").await.unwrap().unwrap().name,
+            store
+                .agent_by_oidc("https://issuer", "sub-1")
+                .await
+                .unwrap()
+                .unwrap()
+                .name,
             a.name
         );
         store.create_task(t.clone(), draft("start")).await.unwrap();
@@ -116,7 +124,9 @@ async fn lifecycle_is_durable_and_audited() {
             let s = store.clone();
             let rec = token(&t, 1001, 300);
             handles.push(tokio::spawn(async move {
-                s.record_token(rec.clone(), draft("issue")).await.map(|()| rec)
+                s.record_token(rec.clone(), draft("issue"))
+                    .await
+                    .map(|()| rec)
             }));
         }
         let mut recs = Vec::new();
@@ -132,7 +142,9 @@ async fn lifecycle_is_durable_and_audited() {
         assert_eq!(ended.revocation.not_after, 1301);
         assert_eq!(rx.recv().await.unwrap(), ended.revocation);
         // No token after the end, even with an issue time before it.
-        let late = store.record_token(token(&t, 1050, 10), draft("issue")).await;
+        let late = store
+            .record_token(token(&t, 1050, 10), draft("issue"))
+            .await;
         assert!(matches!(late, Err(StoreError::Precondition(_))));
         let again = store.end_task(end(&t, Some(&a.id), 1101)).await;
         assert!(matches!(again, Err(StoreError::Precondition(_))));
@@ -142,8 +154,14 @@ async fn lifecycle_is_durable_and_audited() {
     for rec in &recorded {
         assert_eq!(store.token(&rec.id).await.unwrap().as_ref(), Some(rec));
     }
-    assert_eq!(store.task(&t.id).await.unwrap().unwrap().state, TaskState::Completed);
-    assert_eq!(store.list_tokens(Some(&t.id), 1000).await.unwrap().len(), 200);
+    assert_eq!(
+        store.task(&t.id).await.unwrap().unwrap().state,
+        TaskState::Completed
+    );
+    assert_eq!(
+        store.list_tokens(Some(&t.id), 1000).await.unwrap().len(),
+        200
+    );
     assert_eq!(store.list_tasks(Some(&a.id), 10).await.unwrap().len(), 1);
     let v = store.verify_audit().await.unwrap();
     assert!(v.problem.is_none(), "{v:?}");
@@ -187,7 +205,10 @@ async fn sweeper_expires_and_offboarding_revokes() {
     let long = task(&a, 0, 1000);
     store.create_task(short.clone(), draft("s")).await.unwrap();
     store.create_task(long.clone(), draft("s")).await.unwrap();
-    store.record_token(token(&short, 1, 5), draft("i")).await.unwrap();
+    store
+        .record_token(token(&short, 1, 5), draft("i"))
+        .await
+        .unwrap();
     assert!(store.expire_tasks(9).await.unwrap().is_empty());
     let ended = store.expire_tasks(10).await.unwrap();
     assert_eq!(ended.len(), 1);
@@ -205,13 +226,32 @@ async fn sweeper_expires_and_offboarding_revokes() {
         .await
         .unwrap();
     assert_eq!(changed.revoked_tasks, 1);
-    assert_eq!(store.task(&long.id).await.unwrap().unwrap().state, TaskState::Revoked);
+    assert_eq!(
+        store.task(&long.id).await.unwrap().unwrap().state,
+        TaskState::Revoked
+    );
     let revs = store.revocations_after(0, 10).await.unwrap();
     let kinds: Vec<_> = revs.iter().map(|r| r.kind).collect();
-    assert_eq!(kinds, [RevocationKind::Task, RevocationKind::Task, RevocationKind::Agent]);
-    assert_eq!(revs.iter().map(|r| r.sequence).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        kinds,
+        [
+            RevocationKind::Task,
+            RevocationKind::Task,
+            RevocationKind::Agent
+        ]
+    );
+    assert_eq!(
+        revs.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
     // The identity is free again; the offboarded agent stays offboarded.
-    assert!(store.agent_by_oidc("https://issuer", "s-a").await.unwrap().is_none());
+    assert!(
+        store
+            .agent_by_oidc("https://issuer", "s-a")
+            .await
+            .unwrap()
+            .is_none()
+    );
     let r = store
         .change_agent_state(ChangeAgentState {
             name: a.name.clone(),

@@ -1,0 +1,256 @@
+//! `taskpass bench`: drives IssueToken over gRPC+TLS on loopback against a real `taskpassd`
+//! child process, and in the same run measures a trivial gRPC+TLS RPC (the health check) with
+//! the same client and concurrency, and the raw Ed25519 JWT signing rate, so the figures can
+//! be read as ratios that hold on any machine.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, ensure};
+use clap::Args;
+use serde_json::json;
+use taskpass_core::{
+    AccessClaims, AgentName, Audience, ScopeSet, TaskId, TokenId, TokenRecord, TrustDomain,
+};
+use taskpass_proto::v1 as pb;
+use taskpass_testkit::{ATTESTATION_AUDIENCE, DevIssuer, TestBroker};
+use tonic::transport::Channel;
+
+use crate::Output;
+
+/// Load-tool settings.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// IssueToken calls to make (and echo calls for the baseline).
+    #[arg(long, default_value_t = 50_000)]
+    pub requests: u64,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// TLS connections the requests are spread over.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Seconds spent measuring the raw signing rate.
+    #[arg(long, default_value_t = 2.0)]
+    pub sign_seconds: f64,
+}
+
+struct Run {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+async fn drive<F, Fut>(channels: &[Channel], args: &BenchArgs, n: u64, call: F) -> Run
+where
+    F: Fn(Channel) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut workers = Vec::with_capacity(args.concurrency);
+    for w in 0..args.concurrency.max(1) {
+        let ch = channels[w % channels.len()].clone();
+        let (call, next, errors) = (Arc::clone(&call), Arc::clone(&next), Arc::clone(&errors));
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let t = Instant::now();
+                if !call(ch.clone()).await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    for w in workers {
+        all.extend(w.await.unwrap_or_default());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| {
+        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "index into a sorted sample")]
+        let i = ((all.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(all.get(i).copied().unwrap_or(0)) / 1000.0
+    };
+    #[expect(clippy::cast_precision_loss, reason = "rates are approximate")]
+    let rate = all.len() as f64 / elapsed;
+    Run {
+        rate,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+fn raw_signing_rate(seconds: f64) -> anyhow::Result<f64> {
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+        .map_err(|_| anyhow::anyhow!("key generation failed"))?;
+    let keys = taskpass_server::KeyRing::from_pkcs8(pkcs8.as_ref()).map_err(anyhow::Error::msg)?;
+    let td = TrustDomain::parse("bench.local")?;
+    let agent = td.agent_id(&AgentName::parse("bench")?);
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        for _ in 0..100 {
+            // The same work the broker does per token: build the record and claims, sign.
+            let record = TokenRecord {
+                id: TokenId::from_ulid(ulid_now()),
+                task: TaskId::from_ulid(ulid_now()),
+                agent: agent.clone(),
+                audience: Audience::parse("https://api.example")?,
+                scopes: ScopeSet::parse(&["read"])?,
+                issued_at: 1,
+                expires_at: 2,
+                revoked_at: None,
+            };
+            let claims = AccessClaims::for_record("https://bench", &record, None);
+            std::hint::black_box(keys.sign(&claims));
+            n += 1;
+        }
+    }
+    #[expect(clippy::cast_precision_loss, reason = "rates are approximate")]
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+fn ulid_now() -> ulid::Ulid {
+    ulid::Ulid::new()
+}
+
+fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Runs the benchmark.
+pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
+    ensure!(args.connections > 0 && args.concurrency > 0, "--connections and --concurrency must be at least 1");
+    let issuer = DevIssuer::start().await?;
+    let broker = TestBroker::start_with(&issuer, "[tokens]\nmax_task_seconds = 86400\n").await?;
+    let pid = broker.pid().context("broker has no pid")?;
+    let mut admin = broker.admin().await?;
+    let subject = "bench-agent";
+    admin
+        .register_agent(pb::RegisterAgentRequest {
+            agent: Some(pb::Agent {
+                name: "bench".into(),
+                owner: "bench".into(),
+                purpose: "load test".into(),
+                oidc: vec![pb::OidcBinding { issuer: issuer.issuer().into(), subject: subject.into() }],
+                audiences: vec!["https://api.example".into()],
+                scopes: vec!["read".into(), "write".into()],
+                ..Default::default()
+            }),
+        })
+        .await?;
+    let att = pb::Attestation {
+        method: Some(pb::attestation::Method::OidcToken(issuer.token(subject, ATTESTATION_AUDIENCE, 3600))),
+    };
+    let mut channels = Vec::new();
+    for _ in 0..args.connections {
+        channels.push(taskpass_proto::connect(&broker.grpc_url, &broker.ca_pem, None).await?);
+    }
+    let task = pb::agent_service_client::AgentServiceClient::new(channels[0].clone())
+        .start_task(pb::StartTaskRequest {
+            attestation: Some(att.clone()),
+            purpose: "bench".into(),
+            audiences: vec!["https://api.example".into()],
+            scopes: vec!["read".into()],
+            max_duration_seconds: 86400,
+            subject_token: String::new(),
+        })
+        .await?
+        .into_inner()
+        .task
+        .context("no task")?;
+
+    let n = args.requests;
+    let eprint = |s: &str| {
+        if output == Output::Text {
+            eprintln!("{s}");
+        }
+    };
+    eprint(&format!("echo baseline: {n} health checks, {} in flight over {} connections…", args.concurrency, args.connections));
+    let echo = drive(&channels, &args, n, |ch| async move {
+        tonic_health::pb::health_client::HealthClient::new(ch)
+            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .await
+            .is_ok()
+    })
+    .await;
+
+    eprint(&format!("IssueToken: {n} calls…"));
+    let task_id = task.task_id.clone();
+    let issue = drive(&channels, &args, n, move |ch| {
+        let req = pb::IssueTokenRequest {
+            attestation: Some(att.clone()),
+            task_id: task_id.clone(),
+            audience: "https://api.example".into(),
+            scopes: vec![],
+            ttl_seconds: 300,
+        };
+        async move {
+            pb::agent_service_client::AgentServiceClient::new(ch)
+                .issue_token(req)
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+
+    eprint("raw Ed25519 JWT signing, one core…");
+    let sign = tokio::task::spawn_blocking({
+        let s = args.sign_seconds;
+        move || raw_signing_rate(s)
+    })
+    .await??;
+
+    let recorded = broker
+        .admin()
+        .await?
+        .list_tokens(pb::ListTokensRequest { task_id: task.task_id.clone(), limit: 1 })
+        .await?
+        .into_inner()
+        .tokens
+        .len();
+    let peak_rss_kb = proc_status_kb(pid, "VmHWM:").unwrap_or(0);
+    let rss_kb = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
+    let store_bytes = std::fs::metadata(broker.data_dir().join("store.redb")).map(|m| m.len()).unwrap_or(0);
+
+    let doc = json!({
+        "requests": n, "concurrency": args.concurrency, "connections": args.connections,
+        "issue_token": {"rate": issue.rate, "p50_ms": issue.p50_ms, "p99_ms": issue.p99_ms, "errors": issue.errors},
+        "echo": {"rate": echo.rate, "p50_ms": echo.p50_ms, "p99_ms": echo.p99_ms, "errors": echo.errors},
+        "raw_sign_per_core": sign,
+        "ratio_issue_to_echo": issue.rate / echo.rate,
+        "ratio_issue_to_raw_sign": issue.rate / sign,
+        "broker_peak_rss_mb": peak_rss_kb / 1024, "broker_rss_mb": rss_kb / 1024,
+        "store_mb": store_bytes / (1 << 20),
+    });
+    match output {
+        Output::Json => println!("{doc}"),
+        Output::Text => {
+            println!("requests {n}, {} in flight, {} TLS connections, loopback", args.concurrency, args.connections);
+            println!("  IssueToken       {:>9.0} tokens/s   p50 {:>6.2} ms   p99 {:>6.2} ms   errors {}", issue.rate, issue.p50_ms, issue.p99_ms, issue.errors);
+            println!("  echo (health)    {:>9.0} RPC/s      p50 {:>6.2} ms   p99 {:>6.2} ms   errors {}", echo.rate, echo.p50_ms, echo.p99_ms, echo.errors);
+            println!("  raw EdDSA sign   {sign:>9.0} JWT/s per core");
+            println!("  ratio IssueToken / echo      {:.3}", issue.rate / echo.rate);
+            println!("  ratio IssueToken / raw sign  {:.3}", issue.rate / sign);
+            println!("  broker peak RSS {} MB (now {} MB), store {} MB", peak_rss_kb / 1024, rss_kb / 1024, store_bytes / (1 << 20));
+        }
+    }
+    ensure!(recorded > 0, "no token was recorded");
+    ensure!(issue.errors == 0, "{} IssueToken calls failed", issue.errors);
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! The operator verbs: each one admin RPC, printed as text or one JSON document.
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use taskpass_proto::v1 as pb;
+
+use crate::output as out;
+use crate::{AgentCmd, AuditCmd, Command, Global, Output, TaskCmd, TokenCmd};
+
+fn emit(g: &Global, json: serde_json::Value, text: impl FnOnce() -> String) {
+    match g.output {
+        Output::Json => println!("{json}"),
+        Output::Text => println!("{}", text()),
+    }
+}
+
+fn parse_binding(s: &str) -> anyhow::Result<pb::OidcBinding> {
+    // The issuer is a URL and may itself contain '=' only in its query, which issuers lack;
+    // split at the last '=' so subjects cannot smuggle one in unnoticed.
+    let (issuer, subject) = s
+        .rsplit_once('=')
+        .with_context(|| format!("--oidc {s:?}: expected ISSUER=SUBJECT"))?;
+    if issuer.is_empty() || subject.is_empty() {
+        bail!("--oidc {s:?}: both ISSUER and SUBJECT are required");
+    }
+    Ok(pb::OidcBinding {
+        issuer: issuer.to_owned(),
+        subject: subject.to_owned(),
+    })
+}
+
+/// Runs an operator verb.
+pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
+    let mut admin = crate::conn::admin(g).await?;
+    match cmd {
+        Command::Agent(AgentCmd::Register {
+            name,
+            owner,
+            purpose,
+            oidc,
+            audiences,
+            scopes,
+            max_ttl,
+            tenant,
+            environment,
+            review_days,
+        }) => {
+            let agent = pb::Agent {
+                name,
+                owner,
+                purpose,
+                tenant,
+                environment,
+                oidc: oidc.iter().map(|s| parse_binding(s)).collect::<Result<_, _>>()?,
+                audiences,
+                scopes,
+                max_ttl_seconds: max_ttl.unwrap_or(0),
+                review_every_days: review_days,
+                ..Default::default()
+            };
+            let a = admin
+                .register_agent(pb::RegisterAgentRequest { agent: Some(agent) })
+                .await?
+                .into_inner()
+                .agent
+                .unwrap_or_default();
+            emit(g, out::agent(&a), || format!("registered {}\n{}", a.agent_id, out::agent_line(&a)));
+        }
+        Command::Agent(AgentCmd::List) => {
+            let agents = admin.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents;
+            emit(g, json!(agents.iter().map(out::agent).collect::<Vec<_>>()), || {
+                agents.iter().map(out::agent_line).collect::<Vec<_>>().join("\n")
+            });
+        }
+        Command::Agent(AgentCmd::Show { name }) => {
+            let a = admin
+                .get_agent(pb::GetAgentRequest { name })
+                .await?
+                .into_inner()
+                .agent
+                .unwrap_or_default();
+            emit(g, out::agent(&a), || serde_json::to_string_pretty(&out::agent(&a)).unwrap_or_default());
+        }
+        Command::Agent(AgentCmd::Suspend { name, reason }) => {
+            set_state(g, &mut admin, name, pb::AgentState::Suspended, reason, "suspended").await?;
+        }
+        Command::Agent(AgentCmd::Resume { name, reason }) => {
+            set_state(g, &mut admin, name, pb::AgentState::Active, reason, "resumed").await?;
+        }
+        Command::Agent(AgentCmd::Offboard { name, reason }) => {
+            set_state(g, &mut admin, name, pb::AgentState::Offboarded, reason, "offboarded").await?;
+        }
+        Command::Task(TaskCmd::List { agent, limit }) => {
+            let tasks = admin
+                .list_tasks(pb::ListTasksRequest {
+                    agent: agent.unwrap_or_default(),
+                    limit,
+                })
+                .await?
+                .into_inner()
+                .tasks;
+            emit(g, json!(tasks.iter().map(out::task).collect::<Vec<_>>()), || {
+                tasks.iter().map(out::task_line).collect::<Vec<_>>().join("\n")
+            });
+        }
+        Command::Task(TaskCmd::Revoke { task_id, reason }) => {
+            let r = admin
+                .revoke_task(pb::RevokeTaskRequest { task_id, reason })
+                .await?
+                .into_inner();
+            let t = r.task.unwrap_or_default();
+            emit(
+                g,
+                json!({"task": out::task(&t), "revoked_tokens": r.revoked_tokens}),
+                || format!("revoked {} ({} live tokens revoked)", t.task_id, r.revoked_tokens),
+            );
+        }
+        Command::Token(TokenCmd::List { task, limit }) => {
+            let tokens = admin
+                .list_tokens(pb::ListTokensRequest {
+                    task_id: task.unwrap_or_default(),
+                    limit,
+                })
+                .await?
+                .into_inner()
+                .tokens;
+            emit(g, json!(tokens.iter().map(out::token).collect::<Vec<_>>()), || {
+                tokens.iter().map(out::token_line).collect::<Vec<_>>().join("\n")
+            });
+        }
+        Command::Token(TokenCmd::Revoke { token_id, reason }) => {
+            let t = admin
+                .revoke_token(pb::RevokeTokenRequest { token_id, reason })
+                .await?
+                .into_inner()
+                .token
+                .unwrap_or_default();
+            emit(g, out::token(&t), || format!("revoked {}", t.token_id));
+        }
+        Command::Audit(AuditCmd::Tail { limit }) => {
+            let entries = admin
+                .tail_audit(pb::TailAuditRequest { limit })
+                .await?
+                .into_inner()
+                .entries;
+            emit(g, json!(entries.iter().map(out::audit).collect::<Vec<_>>()), || {
+                entries.iter().map(out::audit_line).collect::<Vec<_>>().join("\n")
+            });
+        }
+        Command::Audit(AuditCmd::Verify) => {
+            let v = admin.verify_audit(pb::VerifyAuditRequest {}).await?.into_inner();
+            emit(
+                g,
+                json!({"ok": v.ok, "entries": v.entries, "first_bad_sequence": v.first_bad_sequence,
+                       "problem": v.problem, "head_hash": v.head_hash}),
+                || {
+                    if v.ok {
+                        format!("audit chain intact: {} entries, head {}", v.entries, v.head_hash)
+                    } else {
+                        format!("audit chain BROKEN at entry {}: {}", v.first_bad_sequence, v.problem)
+                    }
+                },
+            );
+            if !v.ok {
+                bail!(
+                    "audit chain broken at entry {}: {}",
+                    v.first_bad_sequence,
+                    v.problem
+                );
+            }
+        }
+        Command::Demo | Command::Bench(_) => unreachable_command()?,
+    }
+    Ok(())
+}
+
+fn unreachable_command() -> anyhow::Result<()> {
+    bail!("this command does not talk to a broker")
+}
+
+async fn set_state(
+    g: &Global,
+    admin: &mut pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+    name: String,
+    state: pb::AgentState,
+    reason: String,
+    verb: &str,
+) -> anyhow::Result<()> {
+    let r = admin
+        .set_agent_state(pb::SetAgentStateRequest {
+            name,
+            state: state.into(),
+            reason,
+        })
+        .await?
+        .into_inner();
+    let a = r.agent.unwrap_or_default();
+    emit(
+        g,
+        json!({"agent": out::agent(&a), "revoked_tasks": r.revoked_tasks}),
+        || format!("{verb} {} ({} open tasks revoked)", a.name, r.revoked_tasks),
+    );
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! `taskpass`: the operator CLI for a Taskpass broker, plus `taskpass demo` (the whole story in
+//! one command) and `taskpass bench` (the load tool).
+
+mod bench;
+mod commands;
+mod conn;
+mod demo;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Operate a Taskpass broker: agents, tasks, tokens and the audit log.
+#[derive(Debug, Parser)]
+#[command(name = "taskpass", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the broker is and how to authenticate; accepted before or after the subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// A local broker's data dir: its address, CA and admin credential are read from there.
+    /// Default ./taskpass-data when no --server is given.
+    #[arg(long, global = true, value_name = "DIR", env = "TASKPASS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The broker's gRPC URL, e.g. https://127.0.0.1:7443.
+    #[arg(long, global = true, value_name = "URL", env = "TASKPASS_SERVER")]
+    pub server: Option<String>,
+    /// The CA certificate that signed the broker's server certificate.
+    #[arg(long, global = true, value_name = "FILE", env = "TASKPASS_CA")]
+    pub ca: Option<PathBuf>,
+    /// The operator certificate.
+    #[arg(long, global = true, value_name = "FILE", env = "TASKPASS_CERT")]
+    pub cert: Option<PathBuf>,
+    /// The operator private key.
+    #[arg(long, global = true, value_name = "FILE", env = "TASKPASS_KEY")]
+    pub key: Option<PathBuf>,
+    /// Output format: text for people, json (one document on stdout) for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable.
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register, inspect, suspend, resume and offboard agents.
+    #[command(subcommand)]
+    Agent(AgentCmd),
+    /// List and revoke tasks.
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// List and revoke tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Read and verify the hash-chained audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Run the whole story in one process: broker, OIDC issuer, agent, task, token, revocation.
+    Demo,
+    /// Load-test IssueToken against a broker it starts, with an echo and raw-signing baseline.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// Register a new agent.
+    Register {
+        /// Lowercase letters, digits and '-'.
+        name: String,
+        /// The person or team accountable for it.
+        #[arg(long)]
+        owner: String,
+        /// What it is for.
+        #[arg(long)]
+        purpose: String,
+        /// An OIDC identity that proves it: ISSUER=SUBJECT (repeatable).
+        #[arg(long = "oidc", value_name = "ISSUER=SUBJECT", required = true)]
+        oidc: Vec<String>,
+        /// An audience it may get tokens for (repeatable).
+        #[arg(long = "audience", value_name = "AUD")]
+        audiences: Vec<String>,
+        /// A scope it may be granted (repeatable).
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// The largest token TTL, seconds (default: the broker's max).
+        #[arg(long, value_name = "SECONDS")]
+        max_ttl: Option<u32>,
+        /// Tenant.
+        #[arg(long, default_value = "")]
+        tenant: String,
+        /// Environment.
+        #[arg(long, default_value = "")]
+        environment: String,
+        /// Review cadence in days.
+        #[arg(long, default_value_t = 90)]
+        review_days: u32,
+    },
+    /// List agents.
+    List,
+    /// Show one agent.
+    Show { name: String },
+    /// Suspend an agent: its open tasks are revoked and it gets nothing until resumed.
+    Suspend {
+        name: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Resume a suspended agent.
+    Resume {
+        name: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Offboard an agent for good: every task and token is revoked.
+    Offboard {
+        name: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCmd {
+    /// List the newest tasks.
+    List {
+        /// Only this agent's.
+        #[arg(long)]
+        agent: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Revoke a task and every token it holds.
+    Revoke {
+        task_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// List the newest token records (never the tokens themselves).
+    List {
+        /// Only this task's.
+        #[arg(long)]
+        task: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Revoke one token.
+    Revoke {
+        token_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Print the newest entries.
+    Tail {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Recompute the hash chain; fails on any edit.
+    Verify,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", output::error_text(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo => demo::run(cli.global.output).await,
+        Command::Bench(args) => bench::run(args, cli.global.output).await,
+        cmd => commands::run(&cli.global, cmd).await,
+    }
+}

@@ -1,0 +1,221 @@
+//! A real `taskpassd` process on loopback for end-to-end tests: its own data dir, a config
+//! that trusts a [`DevIssuer`], ports chosen by the kernel, kill -9 and restart.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use taskpass_proto::v1::admin_service_client::AdminServiceClient;
+use taskpass_proto::v1::agent_service_client::AgentServiceClient;
+use taskpass_proto::v1::validation_service_client::ValidationServiceClient;
+use tonic::transport::Channel;
+
+use crate::DevIssuer;
+
+/// The audience agents put in their attestation tokens for test brokers.
+pub const ATTESTATION_AUDIENCE: &str = "taskpass";
+/// The fixed `iss` of test brokers' tokens (stable across restarts).
+pub const BROKER_ISSUER: &str = "https://taskpass.test";
+
+/// Finds a workspace binary next to the running test executable (`target/<profile>/NAME`),
+/// or at `$NAME_BIN` (e.g. `TASKPASSD_BIN`).
+pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let var = format!("{}_BIN", name.to_uppercase());
+    if let Ok(p) = std::env::var(&var) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("cannot find the {name} binary near {}: run `cargo build --workspace --bins` first, or set {var}", exe.display())
+}
+
+/// A `taskpassd` child process.
+#[derive(Debug)]
+pub struct TestBroker {
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    /// `https://127.0.0.1:PORT` of the gRPC listener.
+    pub grpc_url: String,
+    /// `https://127.0.0.1:PORT` of the HTTPS listener.
+    pub http_url: String,
+    /// The broker's CA, PEM.
+    pub ca_pem: String,
+}
+
+impl TestBroker {
+    /// The config a test broker runs with: loopback, kernel-chosen ports, trusting `issuer`.
+    pub fn config_toml(data_dir: &Path, issuer: &DevIssuer, extra: &str) -> anyhow::Result<String> {
+        let ca = data_dir.join("issuer-ca.pem");
+        std::fs::create_dir_all(data_dir)?;
+        issuer.write_ca(&ca)?;
+        Ok(format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
+data_dir = "{dir}"
+trust_domain = "example.org"
+issuer = "{BROKER_ISSUER}"
+
+[[attestation.oidc]]
+issuer = "{iss}"
+audiences = ["{ATTESTATION_AUDIENCE}"]
+ca_file = "{ca}"
+
+{extra}
+"#,
+            dir = data_dir.display(),
+            iss = issuer.issuer(),
+            ca = ca.display(),
+        ))
+    }
+
+    /// Starts a broker in a fresh temporary data dir, trusting `issuer`.
+    pub async fn start(issuer: &DevIssuer) -> anyhow::Result<Self> {
+        Self::start_with(issuer, "").await
+    }
+
+    /// Like [`TestBroker::start`] with extra TOML appended (e.g. a `[tokens]` table).
+    pub async fn start_with(issuer: &DevIssuer, extra: &str) -> anyhow::Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("data");
+        let config = Self::config_toml(&dir, issuer, extra)?;
+        std::fs::write(tmp.path().join("taskpass.toml"), config)?;
+        let mut b = Self {
+            dir,
+            _tmp: Some(tmp),
+            child: None,
+            grpc_url: String::new(),
+            http_url: String::new(),
+            ca_pem: String::new(),
+        };
+        b.spawn().await?;
+        Ok(b)
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.with_file_name("taskpass.toml")
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let endpoint = self.dir.join("broker.json");
+        let _ = std::fs::remove_file(&endpoint);
+        let child = Command::new(workspace_bin("taskpassd")?)
+            .arg("--config")
+            .arg(self.config_path())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .spawn()
+            .context("cannot start taskpassd")?;
+        let pid = child.id();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&endpoint) {
+                if let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) {
+                    if doc["pid"].as_u64() == Some(u64::from(pid)) {
+                        self.grpc_url = doc["grpc"].as_str().unwrap_or_default().to_owned();
+                        self.http_url = doc["http"].as_str().unwrap_or_default().to_owned();
+                        break;
+                    }
+                }
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    bail!("taskpassd exited during start-up: {status}");
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("taskpassd did not become ready within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.ca_pem = std::fs::read_to_string(self.dir.join("ca.pem"))?;
+        Ok(())
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the broker with SIGKILL: no draining, no flushing.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns whether it exited with success.
+    pub fn terminate(&mut self) -> anyhow::Result<bool> {
+        if let Some(mut c) = self.child.take() {
+            let status = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status()?;
+            if !status.success() {
+                bail!("kill -TERM failed");
+            }
+            return Ok(c.wait()?.success());
+        }
+        Ok(false)
+    }
+
+    /// Starts the broker again on the same data dir (after [`TestBroker::kill9`]).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9()?;
+        self.spawn().await
+    }
+
+    async fn channel(&self, admin: bool) -> anyhow::Result<Channel> {
+        let identity = if admin {
+            Some((
+                std::fs::read_to_string(self.dir.join("admin.pem"))?,
+                std::fs::read_to_string(self.dir.join("admin-key.pem"))?,
+            ))
+        } else {
+            None
+        };
+        let id = identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
+        Ok(taskpass_proto::connect(&self.grpc_url, &self.ca_pem, id).await?)
+    }
+
+    /// An agents' client (no client certificate).
+    pub async fn agent(&self) -> anyhow::Result<AgentServiceClient<Channel>> {
+        Ok(AgentServiceClient::new(self.channel(false).await?))
+    }
+
+    /// A validators' client (no client certificate).
+    pub async fn validation(&self) -> anyhow::Result<ValidationServiceClient<Channel>> {
+        Ok(ValidationServiceClient::new(self.channel(false).await?))
+    }
+
+    /// An operators' client with the bootstrap admin credential.
+    pub async fn admin(&self) -> anyhow::Result<AdminServiceClient<Channel>> {
+        Ok(AdminServiceClient::new(self.channel(true).await?))
+    }
+
+    /// An admin client without a client certificate (to test that it is refused).
+    pub async fn admin_without_cert(&self) -> anyhow::Result<AdminServiceClient<Channel>> {
+        Ok(AdminServiceClient::new(self.channel(false).await?))
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
