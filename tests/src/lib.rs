@@ -1,1 +1,109 @@
-//! End-to-end tests live in tests/*.rs.
+//! Helpers shared by the end-to-end tests in `tests/tests/`: they drive the real `taskpassd`
+//! binary (through `taskpass_testkit::TestBroker`) and the real `taskpass` CLI.
+
+use taskpass_proto::v1 as pb;
+use taskpass_testkit::{ATTESTATION_AUDIENCE, DevIssuer};
+use tonic::transport::Channel;
+
+/// The audience test agents may call.
+pub const API: &str = "https://api.example";
+
+/// An attestation carrying a fresh OIDC token for `subject`.
+pub fn att(issuer: &DevIssuer, subject: &str) -> Option<pb::Attestation> {
+    Some(pb::Attestation {
+        method: Some(pb::attestation::Method::OidcToken(issuer.token(
+            subject,
+            ATTESTATION_AUDIENCE,
+            300,
+        ))),
+    })
+}
+
+/// An attestation carrying exactly `token`.
+pub fn att_token(token: String) -> Option<pb::Attestation> {
+    Some(pb::Attestation {
+        method: Some(pb::attestation::Method::OidcToken(token)),
+    })
+}
+
+/// Registers agent `name`, proved by `subject` at `issuer`, allowed audience [`API`] and
+/// scopes `read`, `write`.
+pub async fn register(
+    admin: &mut pb::admin_service_client::AdminServiceClient<Channel>,
+    issuer: &DevIssuer,
+    name: &str,
+    subject: &str,
+) -> anyhow::Result<pb::Agent> {
+    let r = admin
+        .register_agent(pb::RegisterAgentRequest {
+            agent: Some(pb::Agent {
+                name: name.into(),
+                owner: "team-e2e".into(),
+                purpose: "end-to-end test".into(),
+                oidc: vec![pb::OidcBinding {
+                    issuer: issuer.issuer().into(),
+                    subject: subject.into(),
+                }],
+                audiences: vec![API.into()],
+                scopes: vec!["read".into(), "write".into()],
+                max_ttl_seconds: 600,
+                ..Default::default()
+            }),
+        })
+        .await?;
+    r.into_inner()
+        .agent
+        .ok_or_else(|| anyhow::anyhow!("no agent returned"))
+}
+
+/// Starts a task for `subject` on [`API`] with `scopes`.
+pub async fn start(
+    agent: &mut pb::agent_service_client::AgentServiceClient<Channel>,
+    issuer: &DevIssuer,
+    subject: &str,
+    scopes: &[&str],
+) -> Result<pb::Task, tonic::Status> {
+    let r = agent
+        .start_task(pb::StartTaskRequest {
+            attestation: att(issuer, subject),
+            purpose: "e2e".into(),
+            audiences: vec![API.into()],
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            max_duration_seconds: 0,
+            subject_token: String::new(),
+        })
+        .await?;
+    r.into_inner()
+        .task
+        .ok_or_else(|| tonic::Status::internal("no task returned"))
+}
+
+/// Issues a token for the task.
+pub async fn issue(
+    agent: &mut pb::agent_service_client::AgentServiceClient<Channel>,
+    issuer: &DevIssuer,
+    subject: &str,
+    task_id: &str,
+) -> Result<pb::IssueTokenResponse, tonic::Status> {
+    Ok(agent
+        .issue_token(pb::IssueTokenRequest {
+            attestation: att(issuer, subject),
+            task_id: task_id.into(),
+            audience: API.into(),
+            scopes: vec![],
+            ttl_seconds: 0,
+        })
+        .await?
+        .into_inner())
+}
+
+/// The number of audit entries (to show that refused calls changed nothing).
+pub async fn audit_len(
+    admin: &mut pb::admin_service_client::AdminServiceClient<Channel>,
+) -> anyhow::Result<u64> {
+    Ok(admin
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await?
+        .into_inner()
+        .entries)
+}

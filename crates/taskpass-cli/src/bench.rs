@@ -75,7 +75,12 @@ where
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_unstable();
     let pct = |p: f64| {
-        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "index into a sorted sample")]
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "index into a sorted sample"
+        )]
         let i = ((all.len() as f64 - 1.0) * p).round() as usize;
         f64::from(all.get(i).copied().unwrap_or(0)) / 1000.0
     };
@@ -135,7 +140,10 @@ fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
 
 /// Runs the benchmark.
 pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
-    ensure!(args.connections > 0 && args.concurrency > 0, "--connections and --concurrency must be at least 1");
+    ensure!(
+        args.connections > 0 && args.concurrency > 0,
+        "--connections and --concurrency must be at least 1"
+    );
     let issuer = DevIssuer::start().await?;
     let broker = TestBroker::start_with(&issuer, "[tokens]\nmax_task_seconds = 86400\n").await?;
     let pid = broker.pid().context("broker has no pid")?;
@@ -147,7 +155,10 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
                 name: "bench".into(),
                 owner: "bench".into(),
                 purpose: "load test".into(),
-                oidc: vec![pb::OidcBinding { issuer: issuer.issuer().into(), subject: subject.into() }],
+                oidc: vec![pb::OidcBinding {
+                    issuer: issuer.issuer().into(),
+                    subject: subject.into(),
+                }],
                 audiences: vec!["https://api.example".into()],
                 scopes: vec!["read".into(), "write".into()],
                 ..Default::default()
@@ -155,7 +166,11 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
         })
         .await?;
     let att = pb::Attestation {
-        method: Some(pb::attestation::Method::OidcToken(issuer.token(subject, ATTESTATION_AUDIENCE, 3600))),
+        method: Some(pb::attestation::Method::OidcToken(issuer.token(
+            subject,
+            ATTESTATION_AUDIENCE,
+            3600,
+        ))),
     };
     let mut channels = Vec::new();
     for _ in 0..args.connections {
@@ -181,10 +196,15 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
             eprintln!("{s}");
         }
     };
-    eprint(&format!("echo baseline: {n} health checks, {} in flight over {} connections…", args.concurrency, args.connections));
+    eprint(&format!(
+        "echo baseline: {n} health checks, {} in flight over {} connections…",
+        args.concurrency, args.connections
+    ));
     let echo = drive(&channels, &args, n, |ch| async move {
         tonic_health::pb::health_client::HealthClient::new(ch)
-            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
             .await
             .is_ok()
     })
@@ -219,14 +239,19 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
     let recorded = broker
         .admin()
         .await?
-        .list_tokens(pb::ListTokensRequest { task_id: task.task_id.clone(), limit: 1 })
+        .list_tokens(pb::ListTokensRequest {
+            task_id: task.task_id.clone(),
+            limit: 1,
+        })
         .await?
         .into_inner()
         .tokens
         .len();
     let peak_rss_kb = proc_status_kb(pid, "VmHWM:").unwrap_or(0);
     let rss_kb = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
-    let store_bytes = std::fs::metadata(broker.data_dir().join("store.redb")).map(|m| m.len()).unwrap_or(0);
+    let store_bytes = std::fs::metadata(broker.data_dir().join("store.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
 
     let doc = json!({
         "requests": n, "concurrency": args.concurrency, "connections": args.connections,
@@ -241,16 +266,37 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
     match output {
         Output::Json => println!("{doc}"),
         Output::Text => {
-            println!("requests {n}, {} in flight, {} TLS connections, loopback", args.concurrency, args.connections);
-            println!("  IssueToken       {:>9.0} tokens/s   p50 {:>6.2} ms   p99 {:>6.2} ms   errors {}", issue.rate, issue.p50_ms, issue.p99_ms, issue.errors);
-            println!("  echo (health)    {:>9.0} RPC/s      p50 {:>6.2} ms   p99 {:>6.2} ms   errors {}", echo.rate, echo.p50_ms, echo.p99_ms, echo.errors);
+            println!(
+                "requests {n}, {} in flight, {} TLS connections, loopback",
+                args.concurrency, args.connections
+            );
+            println!(
+                "  IssueToken       {:>9.0} tokens/s   p50 {:>6.2} ms   p99 {:>6.2} ms   errors {}",
+                issue.rate, issue.p50_ms, issue.p99_ms, issue.errors
+            );
+            println!(
+                "  echo (health)    {:>9.0} RPC/s      p50 {:>6.2} ms   p99 {:>6.2} ms   errors {}",
+                echo.rate, echo.p50_ms, echo.p99_ms, echo.errors
+            );
             println!("  raw EdDSA sign   {sign:>9.0} JWT/s per core");
-            println!("  ratio IssueToken / echo      {:.3}", issue.rate / echo.rate);
+            println!(
+                "  ratio IssueToken / echo      {:.3}",
+                issue.rate / echo.rate
+            );
             println!("  ratio IssueToken / raw sign  {:.3}", issue.rate / sign);
-            println!("  broker peak RSS {} MB (now {} MB), store {} MB", peak_rss_kb / 1024, rss_kb / 1024, store_bytes / (1 << 20));
+            println!(
+                "  broker peak RSS {} MB (now {} MB), store {} MB",
+                peak_rss_kb / 1024,
+                rss_kb / 1024,
+                store_bytes / (1 << 20)
+            );
         }
     }
     ensure!(recorded > 0, "no token was recorded");
-    ensure!(issue.errors == 0, "{} IssueToken calls failed", issue.errors);
+    ensure!(
+        issue.errors == 0,
+        "{} IssueToken calls failed",
+        issue.errors
+    );
     Ok(())
 }

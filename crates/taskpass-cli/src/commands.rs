@@ -51,7 +51,10 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
                 purpose,
                 tenant,
                 environment,
-                oidc: oidc.iter().map(|s| parse_binding(s)).collect::<Result<_, _>>()?,
+                oidc: oidc
+                    .iter()
+                    .map(|s| parse_binding(s))
+                    .collect::<Result<_, _>>()?,
                 audiences,
                 scopes,
                 max_ttl_seconds: max_ttl.unwrap_or(0),
@@ -64,13 +67,27 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
                 .into_inner()
                 .agent
                 .unwrap_or_default();
-            emit(g, out::agent(&a), || format!("registered {}\n{}", a.agent_id, out::agent_line(&a)));
+            emit(g, out::agent(&a), || {
+                format!("registered {}\n{}", a.agent_id, out::agent_line(&a))
+            });
         }
         Command::Agent(AgentCmd::List) => {
-            let agents = admin.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents;
-            emit(g, json!(agents.iter().map(out::agent).collect::<Vec<_>>()), || {
-                agents.iter().map(out::agent_line).collect::<Vec<_>>().join("\n")
-            });
+            let agents = admin
+                .list_agents(pb::ListAgentsRequest {})
+                .await?
+                .into_inner()
+                .agents;
+            emit(
+                g,
+                json!(agents.iter().map(out::agent).collect::<Vec<_>>()),
+                || {
+                    agents
+                        .iter()
+                        .map(out::agent_line)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
         }
         Command::Agent(AgentCmd::Show { name }) => {
             let a = admin
@@ -79,16 +96,42 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
                 .into_inner()
                 .agent
                 .unwrap_or_default();
-            emit(g, out::agent(&a), || serde_json::to_string_pretty(&out::agent(&a)).unwrap_or_default());
+            emit(g, out::agent(&a), || {
+                serde_json::to_string_pretty(&out::agent(&a)).unwrap_or_default()
+            });
         }
         Command::Agent(AgentCmd::Suspend { name, reason }) => {
-            set_state(g, &mut admin, name, pb::AgentState::Suspended, reason, "suspended").await?;
+            set_state(
+                g,
+                &mut admin,
+                name,
+                pb::AgentState::Suspended,
+                reason,
+                "suspended",
+            )
+            .await?;
         }
         Command::Agent(AgentCmd::Resume { name, reason }) => {
-            set_state(g, &mut admin, name, pb::AgentState::Active, reason, "resumed").await?;
+            set_state(
+                g,
+                &mut admin,
+                name,
+                pb::AgentState::Active,
+                reason,
+                "resumed",
+            )
+            .await?;
         }
         Command::Agent(AgentCmd::Offboard { name, reason }) => {
-            set_state(g, &mut admin, name, pb::AgentState::Offboarded, reason, "offboarded").await?;
+            set_state(
+                g,
+                &mut admin,
+                name,
+                pb::AgentState::Offboarded,
+                reason,
+                "offboarded",
+            )
+            .await?;
         }
         Command::Task(TaskCmd::List { agent, limit }) => {
             let tasks = admin
@@ -99,9 +142,17 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
                 .await?
                 .into_inner()
                 .tasks;
-            emit(g, json!(tasks.iter().map(out::task).collect::<Vec<_>>()), || {
-                tasks.iter().map(out::task_line).collect::<Vec<_>>().join("\n")
-            });
+            emit(
+                g,
+                json!(tasks.iter().map(out::task).collect::<Vec<_>>()),
+                || {
+                    tasks
+                        .iter()
+                        .map(out::task_line)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
         }
         Command::Task(TaskCmd::Revoke { task_id, reason }) => {
             let r = admin
@@ -112,7 +163,12 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
             emit(
                 g,
                 json!({"task": out::task(&t), "revoked_tokens": r.revoked_tokens}),
-                || format!("revoked {} ({} live tokens revoked)", t.task_id, r.revoked_tokens),
+                || {
+                    format!(
+                        "revoked {} ({} live tokens revoked)",
+                        t.task_id, r.revoked_tokens
+                    )
+                },
             );
         }
         Command::Token(TokenCmd::List { task, limit }) => {
@@ -124,9 +180,17 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
                 .await?
                 .into_inner()
                 .tokens;
-            emit(g, json!(tokens.iter().map(out::token).collect::<Vec<_>>()), || {
-                tokens.iter().map(out::token_line).collect::<Vec<_>>().join("\n")
-            });
+            emit(
+                g,
+                json!(tokens.iter().map(out::token).collect::<Vec<_>>()),
+                || {
+                    tokens
+                        .iter()
+                        .map(out::token_line)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
         }
         Command::Token(TokenCmd::Revoke { token_id, reason }) => {
             let t = admin
@@ -143,21 +207,38 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
                 .await?
                 .into_inner()
                 .entries;
-            emit(g, json!(entries.iter().map(out::audit).collect::<Vec<_>>()), || {
-                entries.iter().map(out::audit_line).collect::<Vec<_>>().join("\n")
-            });
+            emit(
+                g,
+                json!(entries.iter().map(out::audit).collect::<Vec<_>>()),
+                || {
+                    entries
+                        .iter()
+                        .map(out::audit_line)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
         }
         Command::Audit(AuditCmd::Verify) => {
-            let v = admin.verify_audit(pb::VerifyAuditRequest {}).await?.into_inner();
+            let v = admin
+                .verify_audit(pb::VerifyAuditRequest {})
+                .await?
+                .into_inner();
             emit(
                 g,
                 json!({"ok": v.ok, "entries": v.entries, "first_bad_sequence": v.first_bad_sequence,
                        "problem": v.problem, "head_hash": v.head_hash}),
                 || {
                     if v.ok {
-                        format!("audit chain intact: {} entries, head {}", v.entries, v.head_hash)
+                        format!(
+                            "audit chain intact: {} entries, head {}",
+                            v.entries, v.head_hash
+                        )
                     } else {
-                        format!("audit chain BROKEN at entry {}: {}", v.first_bad_sequence, v.problem)
+                        format!(
+                            "audit chain BROKEN at entry {}: {}",
+                            v.first_bad_sequence, v.problem
+                        )
                     }
                 },
             );

@@ -17,12 +17,16 @@ pub async fn admin(g: &Global) -> anyhow::Result<AdminServiceClient<Channel>> {
     let (url, ca, cert, key) = match (&g.server, &g.data_dir) {
         (Some(url), _) => {
             let (Some(ca), Some(cert), Some(key)) = (&g.ca, &g.cert, &g.key) else {
-                bail!("--server needs --ca, --cert and --key (or use --data-dir for a local broker)");
+                bail!(
+                    "--server needs --ca, --cert and --key (or use --data-dir for a local broker)"
+                );
             };
             (url.clone(), ca.clone(), cert.clone(), key.clone())
         }
         (None, dir) => {
-            let dir = dir.clone().unwrap_or_else(|| PathBuf::from("taskpass-data"));
+            let dir = dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("taskpass-data"));
             let endpoint = read(&dir.join("broker.json"), "the broker's endpoint file").context(
                 "is a broker running there? start one with `taskpassd --dev`, or pass --data-dir / --server",
             )?;

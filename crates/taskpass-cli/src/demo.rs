@@ -36,7 +36,9 @@ impl Story {
 
 fn attestation(issuer: &DevIssuer) -> Option<pb::Attestation> {
     Some(pb::Attestation {
-        method: Some(pb::attestation::Method::OidcToken(issuer.token(SUBJECT, "taskpass", 300))),
+        method: Some(pb::attestation::Method::OidcToken(
+            issuer.token(SUBJECT, "taskpass", 300),
+        )),
     })
 }
 
@@ -47,7 +49,9 @@ pub async fn run(output: Output) -> anyhow::Result<()> {
         steps: Vec::new(),
     };
     if output == Output::Text {
-        println!("Taskpass demo: an agent attests, opens a task, gets a task-scoped token, and loses it the moment the task completes.");
+        println!(
+            "Taskpass demo: an agent attests, opens a task, gets a task-scoped token, and loses it the moment the task completes."
+        );
     }
     let tmp = tempfile::tempdir()?;
     let data_dir = tmp.path().join("taskpass-data");
@@ -131,7 +135,11 @@ ca_file = "{}"
         &[
             format!("{} owned by {}", registered.agent_id, registered.owner),
             format!("proved by OIDC {} = {SUBJECT}", issuer.issuer()),
-            format!("may call {AUDIENCE} with scopes {} for at most {} s", registered.scopes.join(", "), registered.max_ttl_seconds),
+            format!(
+                "may call {AUDIENCE} with scopes {} for at most {} s",
+                registered.scopes.join(", "),
+                registered.max_ttl_seconds
+            ),
         ],
         json!({"agent_id": registered.agent_id}),
     );
@@ -165,7 +173,12 @@ ca_file = "{}"
     story.step(
         "The agent attests with its OIDC token and opens a task",
         &[
-            format!("{} open, scopes {}, deadline in {} s", task.task_id, task.scopes.join(","), task.expires_at - task.created_at),
+            format!(
+                "{} open, scopes {}, deadline in {} s",
+                task.task_id,
+                task.scopes.join(","),
+                task.expires_at - task.created_at
+            ),
             format!("asking for tickets:delete instead: PERMISSION_DENIED ({denial})"),
         ],
         json!({"task_id": task.task_id, "denied": denial}),
@@ -185,13 +198,21 @@ ca_file = "{}"
         .access_token
         .split('.')
         .nth(1)
-        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .context("the token's payload is not JSON")?;
     story.step(
         "The agent gets a just-in-time token for one audience of the task",
         &[
-            format!("{} expires in {} s", issued.token_id, issued.expires_at - payload["iat"].as_i64().unwrap_or(0)),
+            format!(
+                "{} expires in {} s",
+                issued.token_id,
+                issued.expires_at - payload["iat"].as_i64().unwrap_or(0)
+            ),
             format!("claims {payload}"),
         ],
         json!({"token_id": issued.token_id, "claims": payload}),
@@ -199,10 +220,15 @@ ca_file = "{}"
 
     let (status, jwks) = https_get(&format!("{http_url}/.well-known/jwks.json"), &ca).await?;
     ensure!(status == 200, "JWKS endpoint answered {status}");
-    let verifier = taskpass_verify::Verifier::new(broker.issuer.clone(), taskpass_verify::KeySet::from_json(&jwks)?);
+    let verifier = taskpass_verify::Verifier::new(
+        broker.issuer.clone(),
+        taskpass_verify::KeySet::from_json(&jwks)?,
+    );
     let verified = verifier.verify(&issued.access_token, AUDIENCE)?;
     let intro = validator
-        .introspect(pb::IntrospectRequest { token: issued.access_token.clone() })
+        .introspect(pb::IntrospectRequest {
+            token: issued.access_token.clone(),
+        })
         .await?
         .into_inner();
     ensure!(intro.active, "a fresh token should introspect active");
@@ -237,7 +263,9 @@ ca_file = "{}"
             format!(
                 "validators' revocation stream: #{} {} {} ({})",
                 event.sequence,
-                pb::RevocationKind::try_from(event.kind).map(|k| k.as_str_name()).unwrap_or("?"),
+                pb::RevocationKind::try_from(event.kind)
+                    .map(|k| k.as_str_name())
+                    .unwrap_or("?"),
                 event.id,
                 event.reason
             ),
@@ -246,10 +274,15 @@ ca_file = "{}"
     );
 
     let intro = validator
-        .introspect(pb::IntrospectRequest { token: issued.access_token.clone() })
+        .introspect(pb::IntrospectRequest {
+            token: issued.access_token.clone(),
+        })
         .await?
         .into_inner();
-    ensure!(!intro.active, "a token of a completed task must be inactive");
+    ensure!(
+        !intro.active,
+        "a token of a completed task must be inactive"
+    );
     let again = agent
         .issue_token(pb::IssueTokenRequest {
             attestation: attestation(&issuer),
@@ -276,10 +309,16 @@ ca_file = "{}"
         .await?
         .into_inner()
         .entries;
-    let verify = admin.verify_audit(pb::VerifyAuditRequest {}).await?.into_inner();
+    let verify = admin
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await?
+        .into_inner();
     ensure!(verify.ok, "audit chain broken: {}", verify.problem);
     let mut lines: Vec<String> = tail.iter().map(crate::output::audit_line).collect();
-    lines.push(format!("chain intact: {} entries, head {}", verify.entries, verify.head_hash));
+    lines.push(format!(
+        "chain intact: {} entries, head {}",
+        verify.entries, verify.head_hash
+    ));
     story.step(
         "Every decision is in the hash-chained audit log",
         &lines,
@@ -289,7 +328,9 @@ ca_file = "{}"
     broker.shutdown().await;
     match output {
         Output::Json => println!("{}", json!({"ok": true, "steps": story.steps})),
-        Output::Text => println!("\nDone. Run your own: `taskpassd --dev`, then `taskpass --data-dir taskpass-data agent list`."),
+        Output::Text => println!(
+            "\nDone. Run your own: `taskpassd --dev`, then `taskpass --data-dir taskpass-data agent list`."
+        ),
     }
     Ok(())
 }

@@ -118,8 +118,16 @@ pub fn token_line(t: &pb::TokenInfo) -> String {
 }
 
 pub fn audit_line(e: &pb::AuditEntry) -> String {
-    let mut s = format!("#{:<6} {} {:<5} {:<16} {}", e.sequence, e.time, e.outcome, e.action, e.actor);
-    for (k, v) in [("task", &e.task_id), ("token", &e.token_id), ("reason", &e.reason), ("detail", &e.detail)] {
+    let mut s = format!(
+        "#{:<6} {} {:<5} {:<16} {}",
+        e.sequence, e.time, e.outcome, e.action, e.actor
+    );
+    for (k, v) in [
+        ("task", &e.task_id),
+        ("token", &e.token_id),
+        ("reason", &e.reason),
+        ("detail", &e.detail),
+    ] {
         if !v.is_empty() {
             s.push_str(&format!(" {k}={v}"));
         }

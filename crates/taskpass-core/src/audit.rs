@@ -121,8 +121,7 @@ pub fn verify_chain<'a>(
     mut prev_hash: String,
     first_sequence: u64,
 ) -> Result<String, ChainProblem> {
-    let mut expected_seq = first_sequence;
-    for e in entries {
+    for (expected_seq, e) in (first_sequence..).zip(entries) {
         if e.sequence != expected_seq {
             return Err(ChainProblem {
                 sequence: e.sequence,
@@ -142,7 +141,6 @@ pub fn verify_chain<'a>(
             });
         }
         prev_hash = e.hash.clone();
-        expected_seq += 1;
     }
     Ok(prev_hash)
 }

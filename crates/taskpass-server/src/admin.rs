@@ -46,12 +46,12 @@ pub fn operator_from_certs(
         })
         .unwrap_or_default();
     for uri in uris {
-        if let Some(rest) = uri.strip_prefix(&prefix) {
-            if let Some((role, name)) = rest.split_once('/') {
-                if let (Some(role), false) = (Role::parse(role), name.is_empty()) {
-                    return Ok(Operator { id: uri, role });
-                }
-            }
+        if let Some(rest) = uri.strip_prefix(&prefix)
+            && let Some((role, name)) = rest.split_once('/')
+            && let Some(role) = Role::parse(role)
+            && AgentName::parse(name).is_ok()
+        {
+            return Ok(Operator { id: uri, role });
         }
     }
     Err(ApiError::Unauthenticated(format!(

@@ -200,10 +200,10 @@ impl ConfigFile {
             problems
                 .push("tokens.default_task_seconds is larger than tokens.max_task_seconds".into());
         }
-        if let Some(iss) = &self.server.issuer {
-            if !iss.starts_with("https://") {
-                problems.push(format!("server.issuer {iss:?} must be an https:// URL"));
-            }
+        if let Some(iss) = &self.server.issuer
+            && !iss.starts_with("https://")
+        {
+            problems.push(format!("server.issuer {iss:?} must be an https:// URL"));
         }
         if self.attestation.leeway_seconds > 300 {
             problems.push("attestation.leeway_seconds is above 300: clocks that far apart need fixing, not tolerating".into());

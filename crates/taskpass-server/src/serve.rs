@@ -182,6 +182,9 @@ pub async fn serve(
     let incoming = crate::tls::incoming(grpc_listener, grpc_tls);
     let mut stop = shutdown_rx;
     let router = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            size_limit_is_resource_exhausted,
+        ))
         .timeout(Duration::from_secs(30))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
@@ -220,6 +223,27 @@ pub async fn serve(
         tasks,
         grpc,
     })
+}
+
+/// tonic answers an over-limit request message with OUT_OF_RANGE; the contract says size
+/// limits are RESOURCE_EXHAUSTED, so the one status is rewritten on its way out.
+fn size_limit_is_resource_exhausted<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let h = resp.headers();
+    let over_limit = h.get("grpc-status").is_some_and(|v| v == "11")
+        && h.get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| m.contains("message length too large"));
+    if over_limit {
+        let h = resp.headers_mut();
+        h.insert("grpc-status", http::HeaderValue::from_static("8"));
+        h.insert(
+            "grpc-message",
+            http::HeaderValue::from_static(
+                "request message is larger than the broker accepts (65536 bytes)",
+            ),
+        );
+    }
+    resp
 }
 
 fn write_endpoint(

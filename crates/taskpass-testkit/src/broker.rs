@@ -32,7 +32,10 @@ pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    bail!("cannot find the {name} binary near {}: run `cargo build --workspace --bins` first, or set {var}", exe.display())
+    bail!(
+        "cannot find the {name} binary near {}: run `cargo build --workspace --bins` first, or set {var}",
+        exe.display()
+    )
 }
 
 /// A `taskpassd` child process.
@@ -109,7 +112,10 @@ ca_file = "{ca}"
         let child = Command::new(workspace_bin("taskpassd")?)
             .arg("--config")
             .arg(self.config_path())
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .spawn()
             .context("cannot start taskpassd")?;
@@ -117,19 +123,18 @@ ca_file = "{ca}"
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(text) = std::fs::read_to_string(&endpoint) {
-                if let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) {
-                    if doc["pid"].as_u64() == Some(u64::from(pid)) {
-                        self.grpc_url = doc["grpc"].as_str().unwrap_or_default().to_owned();
-                        self.http_url = doc["http"].as_str().unwrap_or_default().to_owned();
-                        break;
-                    }
-                }
+            if let Ok(text) = std::fs::read_to_string(&endpoint)
+                && let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text)
+                && doc["pid"].as_u64() == Some(u64::from(pid))
+            {
+                self.grpc_url = doc["grpc"].as_str().unwrap_or_default().to_owned();
+                self.http_url = doc["http"].as_str().unwrap_or_default().to_owned();
+                break;
             }
-            if let Some(c) = self.child.as_mut() {
-                if let Some(status) = c.try_wait()? {
-                    bail!("taskpassd exited during start-up: {status}");
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!("taskpassd exited during start-up: {status}");
             }
             if Instant::now() > deadline {
                 bail!("taskpassd did not become ready within 30 s");
@@ -162,7 +167,10 @@ ca_file = "{ca}"
     /// Sends SIGTERM and waits for a clean exit; returns whether it exited with success.
     pub fn terminate(&mut self) -> anyhow::Result<bool> {
         if let Some(mut c) = self.child.take() {
-            let status = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status()?;
+            let status = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status()?;
             if !status.success() {
                 bail!("kill -TERM failed");
             }
