@@ -310,6 +310,14 @@ max_ttl_seconds = 900
     }
 
     #[test]
+    fn deploy_example_is_valid() {
+        let text = include_str!("../../../deploy/taskpass.toml");
+        let c = ConfigFile::parse(text).unwrap().validate(Path::new("/")).unwrap();
+        assert_eq!(c.oidc.len(), 2);
+        assert_eq!(c.issuer.as_deref(), Some("https://taskpass.example.org"));
+    }
+
+    #[test]
     fn dev_defaults_match_the_spec() {
         let c = ConfigFile::dev().validate(Path::new("/w")).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:7443");
