@@ -214,11 +214,15 @@ impl ConfigFile {
             }
         }
         let resolve = |p: &Path| {
-            if p.is_absolute() {
+            let joined = if p.is_absolute() {
                 p.to_path_buf()
             } else {
                 cwd.join(p)
-            }
+            };
+            joined
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect::<PathBuf>()
         };
         let oidc = self
             .attestation
@@ -285,7 +289,7 @@ leeway_seconds = 30
             .unwrap()
             .validate(Path::new("/srv"))
             .unwrap();
-        assert_eq!(c.data_dir, Path::new("/srv/./taskpass-data"));
+        assert_eq!(c.data_dir, Path::new("/srv/taskpass-data"));
         assert_eq!(c.oidc.len(), 1);
         assert_eq!(c.trust_domain.as_str(), "example.org");
     }
@@ -323,6 +327,6 @@ max_ttl_seconds = 900
         assert_eq!(c.listen.to_string(), "127.0.0.1:7443");
         assert_eq!(c.http_listen.to_string(), "127.0.0.1:7444");
         assert_eq!(c.trust_domain.as_str(), "dev.local");
-        assert_eq!(c.data_dir, Path::new("/w/./taskpass-data"));
+        assert_eq!(c.data_dir, Path::new("/w/taskpass-data"));
     }
 }
