@@ -18,7 +18,11 @@ fn taskpass(data_dir: &Path, args: &[&str]) -> Output {
 }
 
 fn json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -30,10 +34,30 @@ async fn operator_verbs() {
     let dir = broker.data_dir().to_path_buf();
     let oidc = format!("{}=sub-cli", issuer.issuer());
 
-    let reg = json(&taskpass(&dir, &[
-        "agent", "register", "cli-bot", "--owner", "ops", "--purpose", "cli test", "--oidc", &oidc,
-        "--audience", API, "--scope", "read", "--scope", "write", "--max-ttl", "120", "--output", "json",
-    ]));
+    let reg = json(&taskpass(
+        &dir,
+        &[
+            "agent",
+            "register",
+            "cli-bot",
+            "--owner",
+            "ops",
+            "--purpose",
+            "cli test",
+            "--oidc",
+            &oidc,
+            "--audience",
+            API,
+            "--scope",
+            "read",
+            "--scope",
+            "write",
+            "--max-ttl",
+            "120",
+            "--output",
+            "json",
+        ],
+    ));
     assert_eq!(reg["agent_id"], "spiffe://example.org/agent/cli-bot");
     assert_eq!(reg["max_ttl_seconds"], 120);
     // Global flags also before the subcommand.
@@ -48,35 +72,81 @@ async fn operator_verbs() {
     assert!(String::from_utf8_lossy(&text.stdout).contains("cli-bot"));
 
     let mut agent = broker.agent().await.unwrap();
-    let task = start(&mut agent, &issuer, "sub-cli", &["read"]).await.unwrap();
-    let tok = issue(&mut agent, &issuer, "sub-cli", &task.task_id).await.unwrap();
-    let tasks = json(&taskpass(&dir, &["task", "list", "--agent", "cli-bot", "--output", "json"]));
+    let task = start(&mut agent, &issuer, "sub-cli", &["read"])
+        .await
+        .unwrap();
+    let tok = issue(&mut agent, &issuer, "sub-cli", &task.task_id)
+        .await
+        .unwrap();
+    let tasks = json(&taskpass(
+        &dir,
+        &["task", "list", "--agent", "cli-bot", "--output", "json"],
+    ));
     assert_eq!(tasks[0]["task_id"], task.task_id);
     assert_eq!(tasks[0]["state"], "open");
-    let tokens = json(&taskpass(&dir, &["token", "list", "--task", &task.task_id, "--output", "json"]));
+    let tokens = json(&taskpass(
+        &dir,
+        &["token", "list", "--task", &task.task_id, "--output", "json"],
+    ));
     assert_eq!(tokens[0]["token_id"], tok.token_id);
-    assert!(!tokens.to_string().contains(&tok.access_token), "token lists never show tokens");
-    let revoked = json(&taskpass(&dir, &["token", "revoke", &tok.token_id, "--output", "json"]));
+    assert!(
+        !tokens.to_string().contains(&tok.access_token),
+        "token lists never show tokens"
+    );
+    let revoked = json(&taskpass(
+        &dir,
+        &["token", "revoke", &tok.token_id, "--output", "json"],
+    ));
     assert_eq!(revoked["revoked"], true);
-    let r = json(&taskpass(&dir, &["task", "revoke", &task.task_id, "--output", "json"]));
+    let r = json(&taskpass(
+        &dir,
+        &["task", "revoke", &task.task_id, "--output", "json"],
+    ));
     assert_eq!(r["task"]["state"], "revoked");
 
     // Errors: non-zero exit, the gRPC code and the broker's message on stderr.
     let missing = taskpass(&dir, &["agent", "show", "nosuch"]);
     assert!(!missing.status.success());
     let err = String::from_utf8_lossy(&missing.stderr);
-    assert!(err.contains("NOT_FOUND") && err.contains("agent nosuch not found"), "{err}");
-    let bad = taskpass(&dir, &["agent", "register", "Bad_Name", "--owner", "o", "--purpose", "p", "--oidc", &oidc]);
+    assert!(
+        err.contains("NOT_FOUND") && err.contains("agent nosuch not found"),
+        "{err}"
+    );
+    let bad = taskpass(
+        &dir,
+        &[
+            "agent",
+            "register",
+            "Bad_Name",
+            "--owner",
+            "o",
+            "--purpose",
+            "p",
+            "--oidc",
+            &oidc,
+        ],
+    );
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("INVALID_ARGUMENT"));
-    let off = json(&taskpass(&dir, &["agent", "offboard", "cli-bot", "--output", "json"]));
+    let off = json(&taskpass(
+        &dir,
+        &["agent", "offboard", "cli-bot", "--output", "json"],
+    ));
     assert_eq!(off["agent"]["state"], "offboarded");
     let again = taskpass(&dir, &["agent", "resume", "cli-bot"]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("FAILED_PRECONDITION"));
 
     let tail = json(&taskpass(&dir, &["audit", "tail", "--output", "json"]));
-    let actions: Vec<&str> = tail.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert!(actions.contains(&"agent.offboard") && actions.contains(&"token.revoke"), "{actions:?}");
+    let actions: Vec<&str> = tail
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"agent.offboard") && actions.contains(&"token.revoke"),
+        "{actions:?}"
+    );
     let ok = json(&taskpass(&dir, &["audit", "verify", "--output", "json"]));
     assert_eq!(ok["ok"], true);
 
@@ -89,29 +159,43 @@ async fn operator_verbs() {
         {
             let mut t = txn.open_table(AUDIT).unwrap();
             let mut entry: serde_json::Value =
-                serde_json::from_slice(redb::ReadableTable::get(&t, 2).unwrap().unwrap().value()).unwrap();
+                serde_json::from_slice(redb::ReadableTable::get(&t, 2).unwrap().unwrap().value())
+                    .unwrap();
             entry["detail"] = "nothing to see here".into();
-            t.insert(2, serde_json::to_vec(&entry).unwrap().as_slice()).unwrap();
+            t.insert(2, serde_json::to_vec(&entry).unwrap().as_slice())
+                .unwrap();
         }
         txn.commit().unwrap();
     }
     broker.restart().await.unwrap();
-    let broken = taskpass(&broker.data_dir().to_path_buf(), &["audit", "verify"]);
-    assert!(!broken.status.success(), "audit verify must fail on an edited log");
+    let broken = taskpass(broker.data_dir(), &["audit", "verify"]);
+    assert!(
+        !broken.status.success(),
+        "audit verify must fail on an edited log"
+    );
     let err = String::from_utf8_lossy(&broken.stderr);
     assert!(err.contains("broken at entry 2"), "{err}");
 }
 
 #[test]
 fn demo_tells_the_whole_story() {
-    let out = Command::new(workspace_bin("taskpass").unwrap()).args(["demo", "--output", "json"]).output().unwrap();
+    let out = Command::new(workspace_bin("taskpass").unwrap())
+        .args(["demo", "--output", "json"])
+        .output()
+        .unwrap();
     let doc = json(&out);
     assert_eq!(doc["ok"], true);
     let steps = doc["steps"].as_array().unwrap();
     assert!(steps.len() >= 8);
-    let text = Command::new(workspace_bin("taskpass").unwrap()).arg("demo").output().unwrap();
+    let text = Command::new(workspace_bin("taskpass").unwrap())
+        .arg("demo")
+        .output()
+        .unwrap();
     assert!(text.status.success());
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("Introspect: inactive (task_completed)"), "{text}");
+    assert!(
+        text.contains("Introspect: inactive (task_completed)"),
+        "{text}"
+    );
     assert!(text.contains("chain intact"));
 }

@@ -36,7 +36,9 @@ async fn pyjwt_verifies_broker_tokens() {
             std::env::var_os("CI").is_none(),
             "PyJWT is required in CI: tests/run.sh installs it"
         );
-        eprintln!("SKIPPED: python3 with PyJWT and cryptography not found; `bash tests/run.sh` installs them");
+        eprintln!(
+            "SKIPPED: python3 with PyJWT and cryptography not found; `bash tests/run.sh` installs them"
+        );
         return;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -45,9 +47,18 @@ async fn pyjwt_verifies_broker_tokens() {
     let mut admin = broker.admin().await.unwrap();
     let mut agent = broker.agent().await.unwrap();
     let a = register(&mut admin, &issuer, "py", "sub-py").await.unwrap();
-    let task = start(&mut agent, &issuer, "sub-py", &["read"]).await.unwrap();
-    let tok = issue(&mut agent, &issuer, "sub-py", &task.task_id).await.unwrap();
-    let (_, jwks) = https_get(&format!("{}/.well-known/jwks.json", broker.http_url), &broker.ca_pem).await.unwrap();
+    let task = start(&mut agent, &issuer, "sub-py", &["read"])
+        .await
+        .unwrap();
+    let tok = issue(&mut agent, &issuer, "sub-py", &task.task_id)
+        .await
+        .unwrap();
+    let (_, jwks) = https_get(
+        &format!("{}/.well-known/jwks.json", broker.http_url),
+        &broker.ca_pem,
+    )
+    .await
+    .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let (jwks_path, tok_path, bad_path, script) = (
@@ -60,7 +71,14 @@ async fn pyjwt_verifies_broker_tokens() {
     std::fs::write(&tok_path, &tok.access_token).unwrap();
     let mut bad = tok.access_token.clone();
     let n = bad.len();
-    bad.replace_range(n - 4.., if bad.ends_with("AAAA") { "BBBB" } else { "AAAA" });
+    bad.replace_range(
+        n - 4..,
+        if bad.ends_with("AAAA") {
+            "BBBB"
+        } else {
+            "AAAA"
+        },
+    );
     std::fs::write(&bad_path, bad).unwrap();
     std::fs::write(&script, SCRIPT).unwrap();
 
@@ -75,11 +93,21 @@ async fn pyjwt_verifies_broker_tokens() {
             .unwrap()
     };
     let out = run(&tok_path, API);
-    assert!(out.status.success(), "PyJWT refused a broker token: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "PyJWT refused a broker token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let claims: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(claims["client_id"], a.agent_id);
     assert_eq!(claims["txn"], task.task_id);
     assert_eq!(claims["jti"], tok.token_id);
-    assert!(!run(&bad_path, API).status.success(), "PyJWT accepted a tampered token");
-    assert!(!run(&tok_path, "https://other.example").status.success(), "PyJWT accepted the wrong audience");
+    assert!(
+        !run(&bad_path, API).status.success(),
+        "PyJWT accepted a tampered token"
+    );
+    assert!(
+        !run(&tok_path, "https://other.example").status.success(),
+        "PyJWT accepted the wrong audience"
+    );
 }

@@ -316,7 +316,10 @@ max_ttl_seconds = 900
     #[test]
     fn deploy_example_is_valid() {
         let text = include_str!("../../../deploy/taskpass.toml");
-        let c = ConfigFile::parse(text).unwrap().validate(Path::new("/")).unwrap();
+        let c = ConfigFile::parse(text)
+            .unwrap()
+            .validate(Path::new("/"))
+            .unwrap();
         assert_eq!(c.oidc.len(), 2);
         assert_eq!(c.issuer.as_deref(), Some("https://taskpass.example.org"));
     }

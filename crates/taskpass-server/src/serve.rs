@@ -232,7 +232,10 @@ fn size_limit_is_resource_exhausted<B>(mut resp: http::Response<B>) -> http::Res
     let over_limit = h.get("grpc-status").is_some_and(|v| v == "11")
         && h.get("grpc-message")
             .and_then(|m| m.to_str().ok())
-            .is_some_and(|m| m.contains("message length too large"));
+            .is_some_and(|m| {
+                // tonic percent-encodes grpc-message (spaces as %20).
+                m.replace("%20", " ").contains("message length too large")
+            });
     if over_limit {
         let h = resp.headers_mut();
         h.insert("grpc-status", http::HeaderValue::from_static("8"));
