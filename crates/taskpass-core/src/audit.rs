@@ -74,6 +74,25 @@ struct Body<'a> {
 }
 
 impl AuditEntry {
+    /// A new allowed decision by `actor` at `time`, not yet linked into the chain: fill in the
+    /// other fields, then the store seals it with [`AuditEntry::seal`] as it appends.
+    pub fn draft(time: i64, actor: &str, action: &str) -> Self {
+        Self {
+            sequence: 0,
+            time,
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            outcome: AuditOutcome::Allow,
+            reason: String::new(),
+            agent_id: String::new(),
+            task_id: String::new(),
+            token_id: String::new(),
+            detail: String::new(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
     /// The hash this entry should have given its `prev_hash` and contents.
     pub fn compute_hash(&self) -> String {
         let body = Body {
@@ -160,20 +179,7 @@ mod tests {
     use super::*;
 
     fn entry(action: &str) -> AuditEntry {
-        AuditEntry {
-            sequence: 0,
-            time: 1,
-            actor: "a".into(),
-            action: action.into(),
-            outcome: AuditOutcome::Allow,
-            reason: String::new(),
-            agent_id: String::new(),
-            task_id: String::new(),
-            token_id: String::new(),
-            detail: String::new(),
-            prev_hash: String::new(),
-            hash: String::new(),
-        }
+        AuditEntry::draft(1, "a", action)
     }
 
     fn chain(n: u64) -> Vec<AuditEntry> {

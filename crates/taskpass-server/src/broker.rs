@@ -37,20 +37,7 @@ pub struct Broker {
 
 /// An audit entry under construction.
 pub(crate) fn audit(now: i64, actor: &str, action: &str) -> AuditEntry {
-    AuditEntry {
-        sequence: 0,
-        time: now,
-        actor: actor.to_owned(),
-        action: action.to_owned(),
-        outcome: AuditOutcome::Allow,
-        reason: String::new(),
-        agent_id: String::new(),
-        task_id: String::new(),
-        token_id: String::new(),
-        detail: String::new(),
-        prev_hash: String::new(),
-        hash: String::new(),
-    }
+    AuditEntry::draft(now, actor, action)
 }
 
 pub(crate) fn task_to_pb(t: &Task, now: i64) -> pb::Task {

@@ -196,8 +196,14 @@ pub fn bootstrap(
         "localhost".try_into().map_err(cert_err("server SAN"))?,
     )];
     for ip in ips {
-        let san = SanType::IpAddress(*ip);
-        if !ip.is_unspecified() && !sans.contains(&san) {
+        // A wildcard listener is dialled on loopback (or on a name the operator configures).
+        let ip = match ip {
+            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            other => *other,
+        };
+        let san = SanType::IpAddress(ip);
+        if !sans.contains(&san) {
             sans.push(san);
         }
     }

@@ -577,24 +577,12 @@ fn apply(
                     "task_expired",
                     *now,
                 )?;
-                append_audit(
-                    t,
-                    heads,
-                    AuditEntry {
-                        sequence: 0,
-                        time: *now,
-                        actor: "broker".into(),
-                        action: "task.expire".into(),
-                        outcome: AuditOutcome::Allow,
-                        reason: "task_deadline_passed".into(),
-                        agent_id: agent,
-                        task_id: id,
-                        token_id: String::new(),
-                        detail: format!("revoked_tokens={}", e.revoked_tokens),
-                        prev_hash: String::new(),
-                        hash: String::new(),
-                    },
-                )?;
+                let mut audit = AuditEntry::draft(*now, "broker", "task.expire");
+                audit.reason = "task_deadline_passed".into();
+                audit.agent_id = agent;
+                audit.task_id = id;
+                audit.detail = format!("revoked_tokens={}", e.revoked_tokens);
+                append_audit(t, heads, audit)?;
                 ended.push(e);
             }
             Ok(Outcome::Expired(ended))

@@ -4,20 +4,7 @@ use super::*;
 use taskpass_core::{AllowList, Audience, OidcBinding, Purpose, ScopeSet, TrustDomain};
 
 fn draft(action: &str) -> AuditDraft {
-    AuditEntry {
-        sequence: 0,
-        time: 1,
-        actor: "test".into(),
-        action: action.into(),
-        outcome: AuditOutcome::Allow,
-        reason: String::new(),
-        agent_id: String::new(),
-        task_id: String::new(),
-        token_id: String::new(),
-        detail: String::new(),
-        prev_hash: String::new(),
-        hash: String::new(),
-    }
+    AuditEntry::draft(1, "test", action)
 }
 
 fn agent(name: &str, subject: &str) -> Agent {
