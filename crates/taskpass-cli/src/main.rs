@@ -12,6 +12,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Operate a Taskpass broker: agents, tasks, tokens and the audit log.
 #[derive(Debug, Parser)]
 #[command(name = "taskpass", version)]
