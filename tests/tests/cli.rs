@@ -199,3 +199,79 @@ fn demo_tells_the_whole_story() {
     );
     assert!(text.contains("chain intact"));
 }
+
+#[tokio::test]
+async fn operator_roles_are_permission_bundles() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let issuer = DevIssuer::start().await.unwrap();
+    let broker = TestBroker::start(&issuer).await.unwrap();
+    let dir = broker.data_dir().to_path_buf();
+    let out = tempfile::tempdir().unwrap();
+    let outs = out.path().to_str().unwrap();
+    for (name, role) in [("alice", "auditor"), ("bob", "approver")] {
+        let r = json(&taskpass(
+            &dir,
+            &[
+                "operator", "issue", name, "--role", role, "--out", outs, "--output", "json",
+            ],
+        ));
+        assert_eq!(
+            r["operator"],
+            format!("spiffe://example.org/operator/{role}/{name}")
+        );
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.path().join("alice-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let bad_role = taskpass(
+        &dir,
+        &["operator", "issue", "eve", "--role", "root", "--out", outs],
+    );
+    assert!(!bad_role.status.success());
+
+    let as_op = |name: &str, args: &[&str]| {
+        Command::new(workspace_bin("taskpass").unwrap())
+            .args(["--server", &broker.grpc_url, "--ca"])
+            .arg(dir.join("ca.pem"))
+            .arg("--cert")
+            .arg(out.path().join(format!("{name}.pem")))
+            .arg("--key")
+            .arg(out.path().join(format!("{name}-key.pem")))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // The auditor reads everything and changes nothing.
+    assert!(as_op("alice", &["agent", "list"]).status.success());
+    assert!(as_op("alice", &["audit", "verify"]).status.success());
+    let denied = as_op(
+        "alice",
+        &["task", "revoke", "task_01HZZZZZZZZZZZZZZZZZZZZZZZ"],
+    );
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        err.contains("PERMISSION_DENIED") && err.contains("lacks permission revoke"),
+        "{err}"
+    );
+    let denied = as_op("alice", &["agent", "offboard", "anyone"]);
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("lacks permission change_agent_state")
+    );
+    // The approver may not read the audit log.
+    let denied = as_op("bob", &["audit", "tail"]);
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("lacks permission read_audit"));
+
+    // A certificate from another CA does not get through the TLS handshake.
+    let other = taskpass_testkit::TestCa::new("stranger").unwrap();
+    let (cert, key) = other.server_cert(&["localhost"], &[]).unwrap();
+    std::fs::write(out.path().join("mallory.pem"), cert).unwrap();
+    std::fs::write(out.path().join("mallory-key.pem"), key).unwrap();
+    let refused = as_op("mallory", &["agent", "list"]);
+    assert!(!refused.status.success());
+}

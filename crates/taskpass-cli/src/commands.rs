@@ -5,7 +5,7 @@ use serde_json::json;
 use taskpass_proto::v1 as pb;
 
 use crate::output as out;
-use crate::{AgentCmd, AuditCmd, Command, Global, Output, TaskCmd, TokenCmd};
+use crate::{AgentCmd, AuditCmd, Command, Global, OperatorCmd, Output, TaskCmd, TokenCmd};
 
 fn emit(g: &Global, json: serde_json::Value, text: impl FnOnce() -> String) {
     match g.output {
@@ -250,7 +250,7 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Demo | Command::Bench(_) => unreachable_command()?,
+        Command::Demo | Command::Bench(_) | Command::Operator(_) => unreachable_command()?,
     }
     Ok(())
 }
@@ -280,6 +280,54 @@ async fn set_state(
         g,
         json!({"agent": out::agent(&a), "revoked_tasks": r.revoked_tasks}),
         || format!("{verb} {} ({} open tasks revoked)", a.name, r.revoked_tasks),
+    );
+    Ok(())
+}
+
+/// Issues an operator credential offline from the data dir's CA.
+pub fn operator(g: &Global, cmd: OperatorCmd) -> anyhow::Result<()> {
+    let OperatorCmd::Issue {
+        name,
+        role,
+        days,
+        out,
+    } = cmd;
+    let role = taskpass_core::Role::parse(&role)
+        .with_context(|| format!("--role {role:?}: use admin, approver or auditor"))?;
+    taskpass_core::AgentName::parse(&name).map_err(|e| anyhow::anyhow!("operator name: {e}"))?;
+    let dir = g
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("taskpass-data"));
+    let endpoint = std::fs::read_to_string(dir.join("broker.json")).with_context(|| {
+        format!(
+            "cannot read {}/broker.json: has a broker run there?",
+            dir.display()
+        )
+    })?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&endpoint).context("broker.json is not valid JSON")?;
+    let td = taskpass_core::TrustDomain::parse(doc["trust_domain"].as_str().unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("broker.json trust_domain: {e}"))?;
+    let issuer = taskpass_server::load_issuer(&dir)?;
+    let (cert, key) =
+        taskpass_server::issue_operator(&issuer, &td, role, &name, i64::from(days.clamp(1, 3650)))?;
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let cert_path = out.join(format!("{name}.pem"));
+    let key_path = out.join(format!("{name}-key.pem"));
+    taskpass_server::write_file(&key_path, key.as_bytes(), false)?;
+    taskpass_server::write_file(&cert_path, cert.as_bytes(), true)?;
+    let id = taskpass_server::operator_uri(&td, role, &name);
+    emit(
+        g,
+        json!({"operator": id, "role": role.as_str(), "cert": cert_path, "key": key_path}),
+        || {
+            format!(
+                "issued {id}\n  cert {}\n  key  {} (0600)",
+                cert_path.display(),
+                key_path.display()
+            )
+        },
     );
     Ok(())
 }

@@ -72,6 +72,9 @@ pub enum Command {
     /// Read and verify the hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Issue operator credentials from a local broker's CA (offline: needs the data dir).
+    #[command(subcommand)]
+    Operator(OperatorCmd),
     /// Run the whole story in one process: broker, OIDC issuer, agent, task, token, revocation.
     Demo,
     /// Load-test IssueToken against a broker it starts, with an echo and raw-signing baseline.
@@ -175,6 +178,24 @@ pub enum TokenCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum OperatorCmd {
+    /// Issue a client certificate for an operator with a role (admin, approver, auditor).
+    Issue {
+        /// Lowercase letters, digits and '-'.
+        name: String,
+        /// admin, approver or auditor.
+        #[arg(long)]
+        role: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+        /// Where to write NAME.pem and NAME-key.pem (0600).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AuditCmd {
     /// Print the newest entries.
     Tail {
@@ -211,6 +232,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo => demo::run(cli.global.output).await,
         Command::Bench(args) => bench::run(args, cli.global.output).await,
+        Command::Operator(cmd) => commands::operator(&cli.global, cmd),
         cmd => commands::run(&cli.global, cmd).await,
     }
 }

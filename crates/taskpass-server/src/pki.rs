@@ -176,7 +176,9 @@ pub fn bootstrap(
             });
         }
     };
-    let issuer = Issuer::new(ca_params(trust_domain), ca_key);
+    // Sign with the CA certificate as it is on disk (its own subject and key identifier), so
+    // certificates chain to it even if the parameters a new CA would get change later.
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(cert_err("ca.pem"))?;
 
     let admin_path = dir.join(files::ADMIN);
     let admin_key_path = dir.join(files::ADMIN_KEY);
@@ -221,6 +223,18 @@ pub fn bootstrap(
         ca_pem,
         server_key_pem: key.serialize_pem(),
     })
+}
+
+/// The CA of an existing data dir, for issuing operator credentials offline.
+pub fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, PkiError> {
+    let missing = |f: &str| PkiError::Cert {
+        what: "CA",
+        detail: format!("{} has no {f}: is it a broker's data dir?", dir.display()),
+    };
+    let pem = read(&dir.join(files::CA))?.ok_or_else(|| missing(files::CA))?;
+    let key = read(&dir.join(files::CA_KEY))?.ok_or_else(|| missing(files::CA_KEY))?;
+    let key = KeyPair::from_pem(&key).map_err(cert_err("ca-key.pem"))?;
+    Issuer::from_ca_cert_pem(&pem, key).map_err(cert_err("ca.pem"))
 }
 
 /// The URI SAN of an operator: `spiffe://<trust-domain>/operator/<role>/<name>`.
