@@ -784,3 +784,49 @@ async fn operator_revokes_a_token_and_a_task() {
     assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
     assert_audit_verifies(&mut admin).await;
 }
+
+#[tokio::test]
+async fn agents_are_rate_limited_one_by_one() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let issuer = DevIssuer::start().await.unwrap();
+    let broker = TestBroker::start_with(
+        &issuer,
+        "[limits]\nagent_requests_per_second = 1\nagent_burst = 3\n",
+    )
+    .await
+    .unwrap();
+    let mut admin = broker.admin().await.unwrap();
+    let mut agent = broker.agent().await.unwrap();
+    register(&mut admin, &issuer, "noisy", "sub-noisy")
+        .await
+        .unwrap();
+    register(&mut admin, &issuer, "quiet", "sub-quiet")
+        .await
+        .unwrap();
+    let task = start(&mut agent, &issuer, "sub-noisy", &["read"])
+        .await
+        .unwrap();
+    issue(&mut agent, &issuer, "sub-noisy", &task.task_id)
+        .await
+        .unwrap();
+    issue(&mut agent, &issuer, "sub-noisy", &task.task_id)
+        .await
+        .unwrap();
+    let limited = issue(&mut agent, &issuer, "sub-noisy", &task.task_id)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        limited.code(),
+        tonic::Code::ResourceExhausted,
+        "{limited:?}"
+    );
+    assert!(
+        limited.message().contains("rate limit"),
+        "{}",
+        limited.message()
+    );
+    // Another agent has its own bucket.
+    start(&mut agent, &issuer, "sub-quiet", &["read"])
+        .await
+        .unwrap();
+}

@@ -33,6 +33,8 @@ pub struct Broker {
     pub(crate) trusted_issuers: Vec<String>,
     /// Becomes true when the broker shuts down: long-lived streams end on it.
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Per-agent request rate limit.
+    pub(crate) rate: Option<crate::ratelimit::RateLimiter>,
 }
 
 /// An audit entry under construction.
@@ -138,6 +140,16 @@ impl Broker {
             ))
         })?;
         tracing::Span::current().record("agent_id", agent.id.as_str());
+        if let Some(rate) = &self.rate
+            && let Err(wait) = rate.check(agent.id.as_str())
+        {
+            return Err(ApiError::ResourceExhausted(format!(
+                "agent {} is over its rate limit of {} requests per second: retry in {} ms",
+                agent.name,
+                rate.per_second(),
+                wait.as_millis().max(1)
+            )));
+        }
         Ok(agent)
     }
 

@@ -62,6 +62,18 @@ pub struct AttestationSection {
     pub oidc: Vec<OidcIssuerConfig>,
 }
 
+/// The `[limits]` table: request rates, per agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Sustained agent calls per second, per agent (0 = no limit).
+    #[serde(default = "default_agent_rps")]
+    pub agent_requests_per_second: u32,
+    /// Calls an agent may make at once above the sustained rate.
+    #[serde(default = "default_agent_burst")]
+    pub agent_burst: u32,
+}
+
 /// The TOML file as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,6 +87,9 @@ pub struct ConfigFile {
     /// `[attestation]`.
     #[serde(default = "default_attestation")]
     pub attestation: AttestationSection,
+    /// `[limits]`.
+    #[serde(default = "default_limits")]
+    pub limits: LimitsSection,
 }
 
 fn default_listen() -> SocketAddr {
@@ -106,6 +121,18 @@ fn max_task() -> u32 {
 }
 fn default_leeway() -> u32 {
     30
+}
+fn default_agent_rps() -> u32 {
+    500
+}
+fn default_agent_burst() -> u32 {
+    1000
+}
+fn default_limits() -> LimitsSection {
+    LimitsSection {
+        agent_requests_per_second: default_agent_rps(),
+        agent_burst: default_agent_burst(),
+    }
 }
 fn default_server() -> ServerSection {
     ServerSection {
@@ -153,6 +180,8 @@ pub struct Config {
     pub oidc: Vec<OidcIssuerConfig>,
     /// redb cache, bytes.
     pub store_cache_bytes: usize,
+    /// Per-agent rate limit: (requests per second, burst); `None` when off.
+    pub agent_rate: Option<(u32, u32)>,
 }
 
 /// Why a configuration was refused: every problem found.
@@ -167,6 +196,7 @@ impl ConfigFile {
             server: default_server(),
             tokens: default_tokens(),
             attestation: default_attestation(),
+            limits: default_limits(),
         }
     }
 
@@ -252,6 +282,10 @@ impl ConfigFile {
                 store_cache_bytes: usize::try_from(self.server.store_cache_mb)
                     .unwrap_or(64)
                     .saturating_mul(1 << 20),
+                agent_rate: match self.limits.agent_requests_per_second {
+                    0 => None,
+                    rps => Some((rps, self.limits.agent_burst.max(1))),
+                },
             }),
             _ => Err(ConfigError(problems)),
         }

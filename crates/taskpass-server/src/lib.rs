@@ -21,12 +21,14 @@ mod http;
 mod keys;
 mod metrics;
 mod pki;
+mod ratelimit;
 mod serve;
 mod tls;
 
 pub use broker::{Broker, MAX_ATTESTATION_BYTES};
 pub use config::{
-    AttestationSection, Config, ConfigError, ConfigFile, ServerSection, TokensSection,
+    AttestationSection, Config, ConfigError, ConfigFile, LimitsSection, ServerSection,
+    TokensSection,
 };
 pub use error::ApiError;
 pub use keys::{KeyRing, MAX_TOKEN_BYTES};

@@ -130,6 +130,9 @@ pub async fn serve(
         metrics: Arc::new(Metrics::default()),
         trusted_issuers: config.oidc.iter().map(|o| o.issuer.clone()).collect(),
         shutdown: shutdown_rx.clone(),
+        rate: config
+            .agent_rate
+            .map(|(rps, burst)| crate::ratelimit::RateLimiter::new(rps, burst)),
     });
 
     let mut tasks = vec![oidc.spawn_refresh()];

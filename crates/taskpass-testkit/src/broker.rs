@@ -71,8 +71,15 @@ issuer = "{iss}"
 audiences = ["{ATTESTATION_AUDIENCE}"]
 ca_file = "{ca}"
 
+{limits}
 {extra}
 "#,
+            // Load from tests is not abuse: no rate limit unless a test asks for one.
+            limits = if extra.contains("[limits]") {
+                ""
+            } else {
+                "[limits]\nagent_requests_per_second = 0\n"
+            },
             dir = data_dir.display(),
             iss = issuer.issuer(),
             ca = ca.display(),
