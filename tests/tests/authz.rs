@@ -376,6 +376,22 @@ async fn another_agents_task_is_not_found() {
         .into_inner()
         .tokens;
     assert_eq!(tokens.len(), 1, "B obtained no token for A's task");
+    // The probes are decisions too: denied, audited, attributed to agent B.
+    let tail = admin
+        .tail_audit(pb::TailAuditRequest { limit: 100 })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let probes = tail
+        .iter()
+        .filter(|e| {
+            e.outcome == "deny"
+                && e.actor == "spiffe://example.org/agent/iso-b"
+                && e.task_id == task.task_id
+        })
+        .count();
+    assert!(probes >= 2, "B's probes of A's task are audited: {tail:?}");
     assert_audit_verifies(&mut admin).await;
 }
 
@@ -433,11 +449,6 @@ async fn malformed_requests_are_invalid_argument() {
             "scope",
         ),
         (
-            "65 scopes",
-            start_req(&issuer, "sub-a", &[API], &many),
-            "scopes",
-        ),
-        (
             "no audiences",
             start_req(&issuer, "sub-a", &[], &["read"]),
             "audience",
@@ -459,6 +470,27 @@ async fn malformed_requests_are_invalid_argument() {
     for (case, req, fragment) in cases {
         let s = agent.start_task(req).await.unwrap_err();
         assert_eq!(s.code(), Code::InvalidArgument, "{case}: {s:?}");
+        assert!(s.message().contains(fragment), "{case}: {s:?}");
+    }
+    // Size limits are RESOURCE_EXHAUSTED and name the field.
+    let long_purpose = "p".repeat(1025);
+    for (case, req, fragment) in [
+        (
+            "65 scopes",
+            start_req(&issuer, "sub-a", &[API], &many),
+            "scopes",
+        ),
+        (
+            "1025-byte purpose",
+            pb::StartTaskRequest {
+                purpose: long_purpose,
+                ..start_req(&issuer, "sub-a", &[API], &["read"])
+            },
+            "purpose",
+        ),
+    ] {
+        let s = agent.start_task(req).await.unwrap_err();
+        assert_eq!(s.code(), Code::ResourceExhausted, "{case}: {s:?}");
         assert!(s.message().contains(fragment), "{case}: {s:?}");
     }
     // The same rules hold for IssueToken.
@@ -488,8 +520,8 @@ async fn malformed_requests_are_invalid_argument() {
         })
         .await
         .unwrap_err();
-    assert_eq!(s.code(), Code::Unimplemented, "{s:?}");
-    assert!(s.message().contains("delegation"), "{s:?}");
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    assert!(s.message().contains("delegation_not_enabled"), "{s:?}");
     assert!(!s.message().contains("eyJhbGciOiJSUzI1NiJ9"), "{s:?}");
 
     // Only the one valid task exists.

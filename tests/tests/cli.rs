@@ -267,6 +267,21 @@ async fn operator_roles_are_permission_bundles() {
     let denied = as_op("bob", &["audit", "tail"]);
     assert!(String::from_utf8_lossy(&denied.stderr).contains("lacks permission read_audit"));
 
+    // Each refusal is a decision in the audit log, naming the operator and the permission.
+    let tail = json(&taskpass(&dir, &["audit", "tail", "--output", "json"]));
+    let refusals: Vec<&serde_json::Value> = tail
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "operator.authorize" && e["outcome"] == "deny")
+        .collect();
+    assert_eq!(refusals.len(), 3, "{tail}");
+    assert_eq!(
+        refusals[0]["actor"],
+        "spiffe://example.org/operator/auditor/alice"
+    );
+    assert_eq!(refusals[2]["detail"], "permission=read_audit");
+
     // A certificate from another CA does not get through the TLS handshake.
     let other = taskpass_testkit::TestCa::new("stranger").unwrap();
     let (cert, key) = other.server_cert(&["localhost"], &[]).unwrap();

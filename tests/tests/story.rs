@@ -228,6 +228,16 @@ async fn whole_story() {
         .unwrap();
     assert_eq!(first.sequence, ev.sequence);
 
+    // A cursor past the log's head means the broker's log is not the one the validator saw.
+    let beyond = val
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: 999,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(beyond.code(), tonic::Code::OutOfRange, "{beyond:?}");
+    assert!(beyond.message().contains("start again from 0"));
+
     // Introspection of garbage is an answer, not an error.
     for (tok, reason) in [
         ("", "malformed"),

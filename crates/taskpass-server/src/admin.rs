@@ -143,6 +143,19 @@ fn limit(n: u32, default: usize) -> usize {
 }
 
 impl Broker {
+    /// Checks the operator's permission; a refusal is itself a decision, so it is audited.
+    async fn authorize(&self, op: &Operator, p: Permission) -> Result<(), ApiError> {
+        if let Err(e) = require(op, p) {
+            let mut a = audit(self.now(), &op.id, "operator.authorize");
+            a.outcome = AuditOutcome::Deny;
+            a.reason = e.to_string();
+            a.detail = format!("permission={}", p.as_str());
+            self.store.append_audit(a).await?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
     fn parse_agent(&self, a: pb::Agent, now: i64) -> Result<Agent, ApiError> {
         let name = AgentName::parse(&a.name).map_err(|e| ApiError::field("name", e))?;
         if a.oidc.is_empty() {
@@ -213,7 +226,7 @@ impl Broker {
         op: &Operator,
         req: pb::RegisterAgentRequest,
     ) -> Result<pb::Agent, ApiError> {
-        require(op, Permission::ManageAgents)?;
+        self.authorize(op, Permission::ManageAgents).await?;
         let now = self.now();
         let agent = self.parse_agent(req.agent.unwrap_or_default(), now)?;
         let mut a = audit(now, &op.id, "agent.register");
@@ -237,7 +250,7 @@ impl Broker {
 
     /// ListAgents.
     pub async fn list_agents(&self, op: &Operator) -> Result<Vec<pb::Agent>, ApiError> {
-        require(op, Permission::ReadAgents)?;
+        self.authorize(op, Permission::ReadAgents).await?;
         Ok(self
             .store
             .list_agents()
@@ -249,7 +262,7 @@ impl Broker {
 
     /// GetAgent.
     pub async fn get_agent(&self, op: &Operator, name: &str) -> Result<pb::Agent, ApiError> {
-        require(op, Permission::ReadAgents)?;
+        self.authorize(op, Permission::ReadAgents).await?;
         Ok(agent_to_pb(&self.load_agent(name).await?))
     }
 
@@ -259,7 +272,7 @@ impl Broker {
         op: &Operator,
         req: pb::SetAgentStateRequest,
     ) -> Result<pb::SetAgentStateResponse, ApiError> {
-        require(op, Permission::ChangeAgentState)?;
+        self.authorize(op, Permission::ChangeAgentState).await?;
         let state = match pb::AgentState::try_from(req.state) {
             Ok(pb::AgentState::Active) => AgentState::Active,
             Ok(pb::AgentState::Suspended) => AgentState::Suspended,
@@ -302,7 +315,7 @@ impl Broker {
         op: &Operator,
         req: pb::ListTasksRequest,
     ) -> Result<Vec<pb::Task>, ApiError> {
-        require(op, Permission::ReadTasks)?;
+        self.authorize(op, Permission::ReadTasks).await?;
         let agent = if req.agent.is_empty() {
             None
         } else {
@@ -324,7 +337,7 @@ impl Broker {
         op: &Operator,
         req: pb::RevokeTaskRequest,
     ) -> Result<pb::RevokeTaskResponse, ApiError> {
-        require(op, Permission::Revoke)?;
+        self.authorize(op, Permission::Revoke).await?;
         let id = TaskId::parse(&req.task_id).map_err(|e| ApiError::field("task_id", e))?;
         let now = self.now();
         let mut a = audit(now, &op.id, "task.revoke");
@@ -356,7 +369,7 @@ impl Broker {
         op: &Operator,
         req: pb::ListTokensRequest,
     ) -> Result<Vec<pb::TokenInfo>, ApiError> {
-        require(op, Permission::ReadTokens)?;
+        self.authorize(op, Permission::ReadTokens).await?;
         let task = if req.task_id.is_empty() {
             None
         } else {
@@ -377,7 +390,7 @@ impl Broker {
         op: &Operator,
         req: pb::RevokeTokenRequest,
     ) -> Result<pb::TokenInfo, ApiError> {
-        require(op, Permission::Revoke)?;
+        self.authorize(op, Permission::Revoke).await?;
         let id = TokenId::parse(&req.token_id).map_err(|e| ApiError::field("token_id", e))?;
         let now = self.now();
         let mut a = audit(now, &op.id, "token.revoke");
@@ -400,7 +413,7 @@ impl Broker {
         op: &Operator,
         req: pb::TailAuditRequest,
     ) -> Result<Vec<pb::AuditEntry>, ApiError> {
-        require(op, Permission::ReadAudit)?;
+        self.authorize(op, Permission::ReadAudit).await?;
         Ok(self
             .store
             .audit_tail(limit(req.limit, 50))
@@ -428,7 +441,7 @@ impl Broker {
 
     /// VerifyAudit.
     pub async fn verify_audit(&self, op: &Operator) -> Result<pb::VerifyAuditResponse, ApiError> {
-        require(op, Permission::ReadAudit)?;
+        self.authorize(op, Permission::ReadAudit).await?;
         let v = self.store.verify_audit().await?;
         Ok(pb::VerifyAuditResponse {
             ok: v.problem.is_none(),

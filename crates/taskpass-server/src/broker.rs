@@ -123,7 +123,12 @@ impl Broker {
             .await
             .map_err(|e| {
                 tracing::info!(reason = e.reason(), "attestation refused");
-                ApiError::Unauthenticated(format!("attestation refused: {e}"))
+                if e.reason() == "keys_unavailable" {
+                    // The broker cannot check it right now; the token may well be good.
+                    ApiError::Unavailable(format!("attestation cannot be checked now: {e}"))
+                } else {
+                    ApiError::Unauthenticated(format!("attestation refused: {e}"))
+                }
             })?;
         let (issuer, subject) = match &identity.method {
             AttestationMethod::Oidc { issuer, subject } => (issuer, subject),
@@ -140,17 +145,23 @@ impl Broker {
             ))
         })?;
         tracing::Span::current().record("agent_id", agent.id.as_str());
-        if let Some(rate) = &self.rate
-            && let Err(wait) = rate.check(agent.id.as_str())
-        {
-            return Err(ApiError::ResourceExhausted(format!(
-                "agent {} is over its rate limit of {} requests per second: retry in {} ms",
-                agent.name,
-                rate.per_second(),
-                wait.as_millis().max(1)
-            )));
-        }
         Ok(agent)
+    }
+
+    /// Charges the agent's rate limit for a call that creates something. Completing a task is
+    /// never limited: revocation must not be throttled.
+    fn charge(&self, agent: &Agent) -> Result<(), ApiError> {
+        match &self.rate {
+            Some(rate) => rate.check(agent.id.as_str()).map_err(|wait| {
+                ApiError::ResourceExhausted(format!(
+                    "agent {} is over its rate limit of {} requests per second: retry in {} ms",
+                    agent.name,
+                    rate.per_second(),
+                    wait.as_millis().max(1)
+                ))
+            }),
+            None => Ok(()),
+        }
     }
 
     async fn deny(&self, agent: &Agent, action: &str, task: &str, err: ApiError) -> ApiError {
@@ -177,6 +188,7 @@ impl Broker {
     /// StartTask.
     pub async fn start_task(&self, req: pb::StartTaskRequest) -> Result<pb::Task, ApiError> {
         let agent = self.authenticate(req.attestation.as_ref()).await?;
+        self.charge(&agent)?;
         let parsed = (|| {
             Ok::<_, ApiError>(StartRequest {
                 purpose: Purpose::parse(&req.purpose).map_err(|e| ApiError::field("purpose", e))?,
@@ -239,6 +251,7 @@ impl Broker {
         req: pb::IssueTokenRequest,
     ) -> Result<pb::IssueTokenResponse, ApiError> {
         let agent = self.authenticate(req.attestation.as_ref()).await?;
+        self.charge(&agent)?;
         let task_id = parse_task_id(&req.task_id)?;
         tracing::Span::current().record("task_id", req.task_id.as_str());
         let parsed = (|| {
@@ -253,7 +266,10 @@ impl Broker {
             Ok(p) => p,
             Err(e) => return Err(self.deny(&agent, "issue_token", &req.task_id, e).await),
         };
-        let task = self.own_task(&agent, &task_id).await?;
+        let task = match self.own_task(&agent, &task_id).await {
+            Ok(t) => t,
+            Err(e) => return Err(self.deny(&agent, "issue_token", &req.task_id, e).await),
+        };
         let now = self.now();
         let grant = match decide_issue(&agent, &task, &parsed, now, &self.limits) {
             Ok(g) => g,
@@ -337,8 +353,10 @@ impl Broker {
     pub async fn get_task(&self, req: pb::GetTaskRequest) -> Result<pb::Task, ApiError> {
         let agent = self.authenticate(req.attestation.as_ref()).await?;
         let task_id = parse_task_id(&req.task_id)?;
-        let task = self.own_task(&agent, &task_id).await?;
-        Ok(task_to_pb(&task, self.now()))
+        match self.own_task(&agent, &task_id).await {
+            Ok(task) => Ok(task_to_pb(&task, self.now())),
+            Err(e) => Err(self.deny(&agent, "get_task", &req.task_id, e).await),
+        }
     }
 
     /// Introspect: never an error for a bad token, only `active: false` with a reason.

@@ -30,6 +30,10 @@ pub struct ServerSection {
     /// redb page cache in MiB.
     #[serde(default = "default_store_cache_mb")]
     pub store_cache_mb: u32,
+    /// Extra DNS names or IP addresses the server certificate names (besides `localhost` and
+    /// the listen IPs), e.g. the name clients dial through a load balancer.
+    #[serde(default)]
+    pub server_names: Vec<String>,
 }
 
 /// The `[tokens]` table.
@@ -142,6 +146,7 @@ fn default_server() -> ServerSection {
         trust_domain: default_trust_domain(),
         issuer: None,
         store_cache_mb: default_store_cache_mb(),
+        server_names: Vec::new(),
     }
 }
 fn default_tokens() -> TokensSection {
@@ -182,6 +187,8 @@ pub struct Config {
     pub store_cache_bytes: usize,
     /// Per-agent rate limit: (requests per second, burst); `None` when off.
     pub agent_rate: Option<(u32, u32)>,
+    /// Extra names for the server certificate.
+    pub server_names: Vec<String>,
 }
 
 /// Why a configuration was refused: every problem found.
@@ -235,6 +242,17 @@ impl ConfigFile {
         {
             problems.push(format!("server.issuer {iss:?} must be an https:// URL"));
         }
+        for n in &self.server.server_names {
+            let dns_ok = !n.is_empty()
+                && n.len() <= 253
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.*".contains(&b));
+            if n.parse::<std::net::IpAddr>().is_err() && !dns_ok {
+                problems.push(format!(
+                    "server.server_names: {n:?} is neither a DNS name nor an IP address"
+                ));
+            }
+        }
         if self.attestation.leeway_seconds > 300 {
             problems.push("attestation.leeway_seconds is above 300: clocks that far apart need fixing, not tolerating".into());
         }
@@ -282,6 +300,7 @@ impl ConfigFile {
                 store_cache_bytes: usize::try_from(self.server.store_cache_mb)
                     .unwrap_or(64)
                     .saturating_mul(1 << 20),
+                server_names: self.server.server_names.clone(),
                 agent_rate: match self.limits.agent_requests_per_second {
                     0 => None,
                     rps => Some((rps, self.limits.agent_burst.max(1))),

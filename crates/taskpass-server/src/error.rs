@@ -32,6 +32,12 @@ pub enum ApiError {
     /// Not available on this broker.
     #[error("{0}")]
     Unimplemented(String),
+    /// A cursor or position past the end.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// A dependency is down for now (an issuer's keys cannot be fetched): retry later.
+    #[error("{0}")]
+    Unavailable(String),
     /// A fault inside the broker: the detail goes to the log, not to the caller.
     #[error("internal error")]
     Internal(String),
@@ -49,13 +55,21 @@ impl ApiError {
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Unimplemented(_) => Code::Unimplemented,
+            Self::OutOfRange(_) => Code::OutOfRange,
+            Self::Unavailable(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }
     }
 
-    /// An INVALID_ARGUMENT naming the field.
+    /// The error for a field that did not parse, naming it: RESOURCE_EXHAUSTED when a size
+    /// limit was hit, INVALID_ARGUMENT otherwise.
     pub fn field(field: &str, e: ParseError) -> Self {
-        Self::InvalidArgument(format!("{field}: {e}"))
+        match e {
+            ParseError::TooLong { .. } | ParseError::TooMany { .. } => {
+                Self::ResourceExhausted(format!("{field}: {e}"))
+            }
+            _ => Self::InvalidArgument(format!("{field}: {e}")),
+        }
     }
 }
 
@@ -91,7 +105,8 @@ impl From<Denial> for ApiError {
             DenialKind::InvalidArgument => Self::InvalidArgument(msg),
             DenialKind::PermissionDenied => Self::PermissionDenied(msg),
             DenialKind::FailedPrecondition => Self::FailedPrecondition(msg),
-            _ => Self::Unimplemented(msg),
+            // A feature this broker does not enable is a policy "no", naming its rule.
+            _ => Self::PermissionDenied(msg),
         }
     }
 }

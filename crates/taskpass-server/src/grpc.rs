@@ -203,6 +203,12 @@ impl pb::validation_service_server::ValidationService for Services {
         let after = req.get_ref().after_sequence;
         let broker = Arc::clone(&self.broker);
         self.run("WatchRevocations", async move {
+            let head = broker.store.last_revocation_sequence().await?;
+            if after > head {
+                return Err(ApiError::OutOfRange(format!(
+                    "after_sequence {after} is beyond the newest revocation ({head}): this broker's log was reset or restored from a backup; start again from 0"
+                )));
+            }
             let (tx, rx) = tokio::sync::mpsc::channel(256);
             tokio::spawn(follow_revocations(broker, after, tx));
             Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as EventStream)

@@ -13,6 +13,10 @@ use tokio_stream::StreamExt;
 
 use crate::broker::Broker;
 
+const MAX_CONNECTIONS: usize = 1024;
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const MAX_CONNECTION_AGE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The routes.
 pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
@@ -106,6 +110,8 @@ pub async fn serve<S>(
             Item = Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
         > + Unpin,
 {
+    // Bounded: slow or idle clients cannot pile up tasks and sockets.
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             s = incoming.next() => match s {
@@ -115,12 +121,30 @@ pub async fn serve<S>(
             },
             _ = shutdown.changed() => return,
         };
+        let Ok(permit) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(
+                "HTTPS connection limit ({MAX_CONNECTIONS}) reached: dropping a connection"
+            );
+            continue;
+        };
         let svc = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
-                tracing::debug!(error = %e, "https connection ended with an error");
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Some(HEADER_TIMEOUT));
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            match tokio::time::timeout(MAX_CONNECTION_AGE, conn).await {
+                Ok(Err(e)) => tracing::debug!(error = %e, "https connection ended with an error"),
+                Err(_) => tracing::debug!("https connection closed at its maximum age"),
+                Ok(Ok(())) => {}
             }
+            drop(permit);
         });
     }
 }

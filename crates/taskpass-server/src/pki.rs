@@ -110,7 +110,14 @@ pub fn write_file(path: &Path, contents: &[u8], public: bool) -> Result<(), PkiE
     let mut f = opts.open(&tmp).map_err(io)?;
     f.write_all(contents).map_err(io)?;
     f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    fs::rename(&tmp, path).map_err(io)?;
+    // Make the rename itself durable: a key must not vanish in a power cut.
+    if let Some(parent) = path.parent() {
+        fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
 }
 
 fn read(path: &Path) -> Result<Option<String>, PkiError> {
@@ -145,6 +152,7 @@ pub fn bootstrap(
     dir: &Path,
     trust_domain: &TrustDomain,
     ips: &[IpAddr],
+    names: &[String],
 ) -> Result<BrokerPki, PkiError> {
     ensure_data_dir(dir)?;
     let ca_path = dir.join(files::CA);
@@ -205,6 +213,15 @@ pub fn bootstrap(
             other => *other,
         };
         let san = SanType::IpAddress(ip);
+        if !sans.contains(&san) {
+            sans.push(san);
+        }
+    }
+    for name in names {
+        let san = match name.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(name.as_str().try_into().map_err(cert_err("server_names"))?),
+        };
         if !sans.contains(&san) {
             sans.push(san);
         }
@@ -272,4 +289,75 @@ pub fn issue_operator(
         .signed_by(&key, issuer)
         .map_err(cert_err("operator certificate"))?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls_pki_types::pem::PemObject;
+
+    #[test]
+    fn server_certificate_names_and_stable_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let td = TrustDomain::parse("example.org").unwrap();
+        let ips = [IpAddr::from([0, 0, 0, 0]), IpAddr::from([10, 1, 2, 3])];
+        let names = ["taskpass.example.org".to_owned(), "192.0.2.9".to_owned()];
+        let first = bootstrap(dir.path(), &td, &ips, &names).unwrap();
+        let chain: Vec<_> =
+            rustls_pki_types::CertificateDer::pem_slice_iter(first.server_chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let (_, leaf) = x509_parser::parse_x509_certificate(chain[0].as_ref()).unwrap();
+        let san = leaf.subject_alternative_name().unwrap().unwrap();
+        let shown: Vec<String> = san
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        // x509-parser shows IP SANs as hex bytes: 127.0.0.1, 10.1.2.3, 192.0.2.9.
+        for want in [
+            "DNSName(localhost)",
+            "IPAddress(7f:00:00:01)",
+            "IPAddress(0a:01:02:03)",
+            "DNSName(taskpass.example.org)",
+            "IPAddress(c0:00:02:09)",
+        ] {
+            assert!(
+                shown.iter().any(|s| s.contains(want)),
+                "{want} missing from {shown:?}"
+            );
+        }
+        assert!(
+            !shown.iter().any(|s| s.contains("00:00:00:00")),
+            "no wildcard: {shown:?}"
+        );
+        // A second start keeps the CA and issues from it.
+        let second = bootstrap(dir.path(), &td, &ips, &[]).unwrap();
+        assert_eq!(first.ca_pem, second.ca_pem);
+        let ca_der =
+            rustls_pki_types::CertificateDer::from_pem_slice(second.ca_pem.as_bytes()).unwrap();
+        let (_, ca) = x509_parser::parse_x509_certificate(ca_der.as_ref()).unwrap();
+        let chain2: Vec<_> =
+            rustls_pki_types::CertificateDer::pem_slice_iter(second.server_chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let (_, leaf2) = x509_parser::parse_x509_certificate(chain2[0].as_ref()).unwrap();
+        assert_eq!(leaf2.issuer(), ca.subject());
+        assert!(leaf2.verify_signature(Some(ca.public_key())).is_ok());
+        // Keys are private.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for f in [files::CA_KEY, files::ADMIN_KEY] {
+                let mode = fs::metadata(dir.path().join(f))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                assert_eq!(mode & 0o777, 0o600, "{f}");
+            }
+            let mode = fs::metadata(dir.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+    }
 }

@@ -95,7 +95,12 @@ pub async fn serve(
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
     let dir = &config.data_dir;
-    let pki = pki::bootstrap(dir, &config.trust_domain, &[grpc_addr.ip(), http_addr.ip()])?;
+    let pki = pki::bootstrap(
+        dir,
+        &config.trust_domain,
+        &[grpc_addr.ip(), http_addr.ip()],
+        &config.server_names,
+    )?;
     let keys = Arc::new(KeyRing::load_or_create(&dir.join(files::SIGNING_KEY))?);
     let store_path = dir.join(files::STORE);
     let store_options = StoreOptions {
@@ -259,9 +264,22 @@ fn write_endpoint(
     issuer: &str,
     trust_domain: &str,
 ) -> anyhow::Result<()> {
+    // A wildcard listener is dialled locally on loopback (the certificate names it).
+    let local = |a: SocketAddr| {
+        if a.ip().is_unspecified() {
+            let ip: std::net::IpAddr = if a.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            };
+            SocketAddr::new(ip, a.port())
+        } else {
+            a
+        }
+    };
     let doc = serde_json::json!({
-        "grpc": format!("https://{grpc}"),
-        "http": format!("https://{http}"),
+        "grpc": format!("https://{}", local(grpc)),
+        "http": format!("https://{}", local(http)),
         "issuer": issuer,
         "trust_domain": trust_domain,
         "pid": std::process::id(),

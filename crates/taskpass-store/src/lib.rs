@@ -190,6 +190,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         limit: usize,
     ) -> Result<Vec<RevocationEvent>, StoreError>;
 
+    /// The sequence of the newest revocation (0 when the log is empty).
+    async fn last_revocation_sequence(&self) -> Result<u64, StoreError>;
+
     /// Revocations appended from now on, as they commit.
     fn subscribe_revocations(&self) -> broadcast::Receiver<RevocationEvent>;
 

@@ -907,6 +907,16 @@ impl Store for RedbStore {
         })
     }
 
+    async fn last_revocation_sequence(&self) -> Result<u64, StoreError> {
+        self.read(|txn| {
+            Ok(txn
+                .open_table(REVOCATIONS)?
+                .last()?
+                .map(|(k, _)| k.value())
+                .unwrap_or(0))
+        })
+    }
+
     fn subscribe_revocations(&self) -> broadcast::Receiver<RevocationEvent> {
         self.inner.revocations.subscribe()
     }

@@ -4,8 +4,9 @@
 //! A token is accepted only if it is a compact JWS of type `at+jwt`, signed (`EdDSA`, or
 //! `ES256`) by a key of the broker's key set under the algorithm that key is pinned to, issued
 //! by the configured issuer, for the caller's own audience, and within its lifetime. Everything
-//! else is a [`VerifyError`] whose [`reason`](VerifyError::reason) matches what the broker's
-//! introspection reports. Revocation is the other half: follow `WatchRevocations` and reject
+//! else is a [`VerifyError`] whose [`reason`](VerifyError::reason) is a short stable string in
+//! the vocabulary of the broker's introspection reasons (`malformed`, `bad_signature`,
+//! `unknown_key`, `expired`, ...; the two may classify an odd token differently). Revocation is the other half: follow `WatchRevocations` and reject
 //! the token ids, tasks and agents it names.
 //!
 //! ```
