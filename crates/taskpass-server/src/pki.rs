@@ -69,6 +69,8 @@ pub struct BrokerPki {
     pub server_chain_pem: String,
     /// Server private key, PEM. Never logged.
     pub server_key_pem: String,
+    /// Issues the next server certificate.
+    pub server: ServerCertIssuer,
 }
 
 fn ca_params(trust_domain: &TrustDomain) -> CertificateParams {
@@ -197,11 +199,6 @@ pub fn bootstrap(
         tracing::info!(path = %admin_path.display(), "created the first operator credential");
     }
 
-    let key = KeyPair::generate().map_err(cert_err("server key"))?;
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "taskpassd");
-    p.distinguished_name = dn;
     let mut sans = vec![SanType::DnsName(
         "localhost".try_into().map_err(cert_err("server SAN"))?,
     )];
@@ -226,20 +223,61 @@ pub fn bootstrap(
             sans.push(san);
         }
     }
-    p.subject_alt_names = sans;
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let now = time::OffsetDateTime::now_utc();
-    p.not_before = now - time::Duration::hours(1);
-    p.not_after = now + time::Duration::days(90);
-    let cert = p
-        .signed_by(&key, &issuer)
-        .map_err(cert_err("server certificate"))?;
+    let server = ServerCertIssuer {
+        issuer,
+        sans,
+        ca_pem: ca_pem.clone(),
+    };
+    let (server_chain_pem, server_key_pem) = server.issue()?;
     Ok(BrokerPki {
-        server_chain_pem: format!("{}{}", cert.pem(), ca_pem),
         ca_pem,
-        server_key_pem: key.serialize_pem(),
+        server_chain_pem,
+        server_key_pem,
+        server,
     })
+}
+
+/// Issues the broker's server certificates from its CA: one at start, then again before the
+/// current one nears its end, without a restart.
+pub struct ServerCertIssuer {
+    issuer: Issuer<'static, KeyPair>,
+    sans: Vec<SanType>,
+    ca_pem: String,
+}
+
+impl std::fmt::Debug for ServerCertIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCertIssuer")
+            .field("sans", &self.sans)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a server certificate is valid.
+pub const SERVER_CERT_DAYS: i64 = 90;
+
+impl ServerCertIssuer {
+    /// A fresh key and certificate: (chain PEM, key PEM).
+    pub fn issue(&self) -> Result<(String, String), PkiError> {
+        let key = KeyPair::generate().map_err(cert_err("server key"))?;
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "taskpassd");
+        p.distinguished_name = dn;
+        p.subject_alt_names = self.sans.clone();
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::hours(1);
+        p.not_after = now + time::Duration::days(SERVER_CERT_DAYS);
+        let cert = p
+            .signed_by(&key, &self.issuer)
+            .map_err(cert_err("server certificate"))?;
+        Ok((
+            format!("{}{}", cert.pem(), self.ca_pem),
+            key.serialize_pem(),
+        ))
+    }
 }
 
 /// The CA of an existing data dir, for issuing operator credentials offline.

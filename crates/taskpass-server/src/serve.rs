@@ -23,6 +23,9 @@ use crate::pki::{self, files};
 /// How long in-flight RPCs get to finish after shutdown is asked for.
 pub const GRACE: Duration = Duration::from_secs(10);
 
+/// How often the server certificate is re-issued (it is valid for 90 days).
+pub const CERT_RENEWAL: Duration = Duration::from_secs(24 * 3600);
+
 /// Largest gRPC message accepted.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
@@ -162,8 +165,26 @@ pub async fn serve(
         }));
     }
 
+    // One server certificate for both listeners, renewed daily (valid 90 days) without a restart.
+    let certs = crate::tls::CertStore::new(&pki.server_chain_pem, &pki.server_key_pem)?;
+    {
+        let certs = Arc::clone(&certs);
+        let server = pki.server;
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CERT_RENEWAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match server.issue().map_err(anyhow::Error::from).and_then(|(chain, key)| certs.replace(&chain, &key)) {
+                    Ok(()) => tracing::info!("renewed the server certificate"),
+                    Err(e) => tracing::error!(error = %e, "server certificate renewal failed; retrying at the next interval"),
+                }
+            }
+        }));
+    }
+
     // HTTPS.
-    let http_tls = crate::tls::server_config(&pki, &[b"h2", b"http/1.1"])?;
+    let http_tls = crate::tls::server_config(&pki.ca_pem, &certs, &[b"h2", b"http/1.1"])?;
     tasks.push(tokio::spawn(crate::http::serve(
         crate::tls::incoming(http_listener, http_tls),
         crate::http::router(Arc::clone(&broker)),
@@ -186,7 +207,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(taskpass_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let grpc_tls = crate::tls::server_config(&pki, &[b"h2"])?;
+    let grpc_tls = crate::tls::server_config(&pki.ca_pem, &certs, &[b"h2"])?;
     let incoming = crate::tls::incoming(grpc_listener, grpc_tls);
     let mut stop = shutdown_rx;
     let router = tonic::transport::Server::builder()
@@ -213,6 +234,7 @@ pub async fn serve(
         let _ = stop.changed().await;
     }));
 
+    let ca_pem = pki.ca_pem;
     write_endpoint(
         dir,
         grpc_addr,
@@ -225,7 +247,7 @@ pub async fn serve(
         grpc_addr,
         http_addr,
         issuer,
-        ca_pem: pki.ca_pem,
+        ca_pem,
         broker,
         shutdown,
         tasks,

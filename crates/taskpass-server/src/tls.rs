@@ -1,11 +1,13 @@
 //! TLS for both listeners: rustls with the ring provider, TLS 1.2+ only, and optional client
 //! certificates verified against the broker's CA (operators present one; agents need none).
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::RootCertStore;
-use rustls::server::WebPkiClientVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
@@ -13,31 +15,82 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::pki::BrokerPki;
-
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn certs(pem: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     Ok(CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>()?)
 }
 
+/// The current server certificate, swapped in place when it is renewed so that both
+/// listeners pick up the new one on their next handshake.
+#[derive(Debug)]
+pub struct CertStore {
+    current: RwLock<Arc<CertifiedKey>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl CertStore {
+    /// Loads the first certificate.
+    pub fn new(chain_pem: &str, key_pem: &str) -> anyhow::Result<Arc<Self>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let current = RwLock::new(Arc::new(certified(&provider, chain_pem, key_pem)?));
+        Ok(Arc::new(Self { current, provider }))
+    }
+
+    /// Replaces the certificate.
+    pub fn replace(&self, chain_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        let next = Arc::new(certified(&self.provider, chain_pem, key_pem)?);
+        match self.current.write() {
+            Ok(mut c) => *c = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(match self.current.read() {
+            Ok(c) => Arc::clone(&c),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        })
+    }
+}
+
+fn certified(
+    provider: &CryptoProvider,
+    chain_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<CertifiedKey> {
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("server key: {e}"))?;
+    let signing = provider.key_provider.load_private_key(key)?;
+    let chain = certs(chain_pem)?;
+    anyhow::ensure!(!chain.is_empty(), "server certificate chain is empty");
+    let ck = CertifiedKey::new(chain, signing);
+    ck.keys_match()?;
+    Ok(ck)
+}
+
 /// The server config; `alpn` lists the protocols offered.
-pub fn server_config(pki: &BrokerPki, alpn: &[&[u8]]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+pub fn server_config(
+    ca_pem: &str,
+    certs_in_use: &Arc<CertStore>,
+    alpn: &[&[u8]],
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
-    for c in certs(&pki.ca_pem)? {
+    for c in certs(ca_pem)? {
         roots.add(c)?;
     }
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
             .allow_unauthenticated()
             .build()?;
-    let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes())
-        .map_err(|e| anyhow::anyhow!("server key: {e}"))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs(&pki.server_chain_pem)?, key)?;
+        .with_cert_resolver(Arc::clone(certs_in_use) as Arc<dyn ResolvesServerCert>);
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }
@@ -78,4 +131,62 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskpass_core::TrustDomain;
+    use tokio_stream::StreamExt;
+
+    async fn peer_cert(addr: std::net::SocketAddr, ca_pem: &str) -> Vec<u8> {
+        let mut roots = RootCertStore::empty();
+        for c in certs(ca_pem).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(
+                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        tls.get_ref().1.peer_certificates().unwrap()[0]
+            .as_ref()
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn renewed_certificate_is_served_without_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let td = TrustDomain::parse("example.org").unwrap();
+        let pki = crate::pki::bootstrap(dir.path(), &td, &[], &[]).unwrap();
+        let store = CertStore::new(&pki.server_chain_pem, &pki.server_key_pem).unwrap();
+        let cfg = server_config(&pki.ca_pem, &store, &[b"http/1.1"]).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = incoming(listener, cfg);
+        tokio::spawn(async move { while incoming.next().await.is_some() {} });
+
+        let first = peer_cert(addr, &pki.ca_pem).await;
+        assert_eq!(first, peer_cert(addr, &pki.ca_pem).await);
+        let (chain, key) = pki.server.issue().unwrap();
+        store.replace(&chain, &key).unwrap();
+        let second = peer_cert(addr, &pki.ca_pem).await;
+        assert_ne!(first, second, "the renewed certificate is served");
+        assert!(store.replace("not a pem", &key).is_err());
+        assert_eq!(
+            second,
+            peer_cert(addr, &pki.ca_pem).await,
+            "a bad renewal changes nothing"
+        );
+    }
 }
