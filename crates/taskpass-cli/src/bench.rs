@@ -39,7 +39,10 @@ pub struct BenchArgs {
 struct Run {
     rate: f64,
     p50_ms: f64,
+    p90_ms: f64,
     p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
     errors: u64,
 }
 
@@ -89,7 +92,10 @@ where
     Run {
         rate,
         p50_ms: pct(0.50),
+        p90_ms: pct(0.90),
         p99_ms: pct(0.99),
+        p999_ms: pct(0.999),
+        max_ms: pct(1.0),
         errors: errors.load(Ordering::Relaxed),
     }
 }
@@ -136,6 +142,18 @@ fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+fn run_json(r: &Run) -> serde_json::Value {
+    json!({"rate": r.rate, "p50_ms": r.p50_ms, "p90_ms": r.p90_ms, "p99_ms": r.p99_ms,
+           "p999_ms": r.p999_ms, "max_ms": r.max_ms, "errors": r.errors})
+}
+
+fn run_line(name: &str, unit: &str, r: &Run) -> String {
+    format!(
+        "  {name:<16} {:>9.0} {unit:<9} p50 {:>6.2}  p90 {:>6.2}  p99 {:>6.2}  p99.9 {:>6.2}  max {:>7.2} ms   errors {}",
+        r.rate, r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms, r.errors
+    )
 }
 
 /// Runs the benchmark.
@@ -255,8 +273,8 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
 
     let doc = json!({
         "requests": n, "concurrency": args.concurrency, "connections": args.connections,
-        "issue_token": {"rate": issue.rate, "p50_ms": issue.p50_ms, "p99_ms": issue.p99_ms, "errors": issue.errors},
-        "echo": {"rate": echo.rate, "p50_ms": echo.p50_ms, "p99_ms": echo.p99_ms, "errors": echo.errors},
+        "issue_token": run_json(&issue),
+        "echo": run_json(&echo),
         "raw_sign_per_core": sign,
         "ratio_issue_to_echo": issue.rate / echo.rate,
         "ratio_issue_to_raw_sign": issue.rate / sign,
@@ -270,14 +288,8 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
                 "requests {n}, {} in flight, {} TLS connections, loopback",
                 args.concurrency, args.connections
             );
-            println!(
-                "  IssueToken       {:>9.0} tokens/s   p50 {:>6.2} ms   p99 {:>6.2} ms   errors {}",
-                issue.rate, issue.p50_ms, issue.p99_ms, issue.errors
-            );
-            println!(
-                "  echo (health)    {:>9.0} RPC/s      p50 {:>6.2} ms   p99 {:>6.2} ms   errors {}",
-                echo.rate, echo.p50_ms, echo.p99_ms, echo.errors
-            );
+            println!("{}", run_line("IssueToken", "tokens/s", &issue));
+            println!("{}", run_line("echo (health)", "RPC/s", &echo));
             println!("  raw EdDSA sign   {sign:>9.0} JWT/s per core");
             println!(
                 "  ratio IssueToken / echo      {:.3}",

@@ -20,6 +20,9 @@ use crate::{
     StoreError, StoreStats,
 };
 
+/// A grouped commit slower than this is logged.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// Tuning for [`RedbStore`].
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -254,7 +257,17 @@ fn writer_loop(
         }
         let saved = heads.clone();
         let mut events = Vec::new();
-        match apply_batch(db, &batch, &mut heads, &mut events) {
+        let started = std::time::Instant::now();
+        let result = apply_batch(db, &batch, &mut heads, &mut events);
+        let took = started.elapsed();
+        if took > SLOW_COMMIT {
+            tracing::warn!(
+                ms = took.as_millis(),
+                commands = batch.len(),
+                "slow store commit"
+            );
+        }
+        match result {
             Ok(results) => {
                 for e in events {
                     // No subscriber is fine: the log is durable and replayable.
