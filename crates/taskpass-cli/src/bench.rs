@@ -254,6 +254,18 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
     })
     .await??;
 
+    let (_, metrics) =
+        taskpass_testkit::https_get(&format!("{}/metrics", broker.http_url), &broker.ca_pem)
+            .await?;
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    };
+    let commits = gauge("taskpass_store_commits_total ");
+    let per_commit = gauge("taskpass_store_commands_total ") / commits.max(1.0);
+    let commit_ms = gauge("taskpass_store_commit_seconds_total ") * 1000.0 / commits.max(1.0);
     let recorded = broker
         .admin()
         .await?
@@ -280,6 +292,7 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
         "ratio_issue_to_raw_sign": issue.rate / sign,
         "broker_peak_rss_mb": peak_rss_kb / 1024, "broker_rss_mb": rss_kb / 1024,
         "store_mb": store_bytes / (1 << 20),
+        "store_commits": commits, "commands_per_commit": per_commit, "commit_ms_mean": commit_ms,
     });
     match output {
         Output::Json => println!("{doc}"),
@@ -291,6 +304,9 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
             println!("{}", run_line("IssueToken", "tokens/s", &issue));
             println!("{}", run_line("echo (health)", "RPC/s", &echo));
             println!("  raw EdDSA sign   {sign:>9.0} JWT/s per core");
+            println!(
+                "  store: {commits:.0} grouped commits, {per_commit:.1} commands each, {commit_ms:.2} ms each (apply + commit)"
+            );
             println!(
                 "  ratio IssueToken / echo      {:.3}",
                 issue.rate / echo.rate

@@ -93,6 +93,21 @@ async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {
             "Audit log entries.",
             stats.audit_entries as f64,
         ),
+        (
+            "taskpass_store_commits_total",
+            "Grouped commits since start.",
+            stats.commits as f64,
+        ),
+        (
+            "taskpass_store_commands_total",
+            "Commands applied in grouped commits.",
+            stats.commands as f64,
+        ),
+        (
+            "taskpass_store_commit_seconds_total",
+            "Time spent applying and committing.",
+            stats.commit_micros as f64 / 1e6,
+        ),
     ];
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -113,6 +113,12 @@ pub struct StoreStats {
     pub revocations: u64,
     /// Audit log entries.
     pub audit_entries: u64,
+    /// Grouped commits made since the store was opened.
+    pub commits: u64,
+    /// Commands applied in those commits.
+    pub commands: u64,
+    /// Time spent applying and committing, microseconds.
+    pub commit_micros: u64,
 }
 
 /// The broker's state. Every method that writes returns only once the write is durable.
