@@ -8,8 +8,11 @@ use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use ring::rand::SystemRandom;
-use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+// aws-lc-rs rather than ring for the hot path: measured 1.5-3x ring's Ed25519 signing rate on
+// these machines (signing was 30% of the broker's CPU under load), with the same API. ring
+// remains the TLS provider.
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde_json::json;
 use taskpass_core::AccessClaims;
 
@@ -72,8 +75,8 @@ impl TokenProblem {
 fn thumbprint(x: &[u8]) -> String {
     // RFC 7638: the required members in lexicographic order, no whitespace.
     let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, B64.encode(x));
-    B64.encode(ring::digest::digest(
-        &ring::digest::SHA256,
+    B64.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
         canonical.as_bytes(),
     ))
 }
