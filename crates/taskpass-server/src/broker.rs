@@ -148,8 +148,8 @@ impl Broker {
         Ok(agent)
     }
 
-    /// Charges the agent's rate limit for a call that creates something. Completing a task is
-    /// never limited: revocation must not be throttled.
+    /// Charges the agent's rate limit. Every agent call but CompleteTask is charged:
+    /// revocation must never be throttled.
     fn charge(&self, agent: &Agent) -> Result<(), ApiError> {
         match &self.rate {
             Some(rate) => rate.check(agent.id.as_str()).map_err(|wait| {
@@ -252,7 +252,10 @@ impl Broker {
     ) -> Result<pb::IssueTokenResponse, ApiError> {
         let agent = self.authenticate(req.attestation.as_ref()).await?;
         self.charge(&agent)?;
-        let task_id = parse_task_id(&req.task_id)?;
+        let task_id = match parse_task_id(&req.task_id) {
+            Ok(id) => id,
+            Err(e) => return Err(self.deny(&agent, "issue_token", "", e).await),
+        };
         tracing::Span::current().record("task_id", req.task_id.as_str());
         let parsed = (|| {
             Ok::<_, ApiError>(IssueRequest {
@@ -352,8 +355,12 @@ impl Broker {
     /// GetTask.
     pub async fn get_task(&self, req: pb::GetTaskRequest) -> Result<pb::Task, ApiError> {
         let agent = self.authenticate(req.attestation.as_ref()).await?;
-        let task_id = parse_task_id(&req.task_id)?;
-        match self.own_task(&agent, &task_id).await {
+        self.charge(&agent)?;
+        let found = match parse_task_id(&req.task_id) {
+            Ok(id) => self.own_task(&agent, &id).await,
+            Err(e) => Err(e),
+        };
+        match found {
             Ok(task) => Ok(task_to_pb(&task, self.now())),
             Err(e) => Err(self.deny(&agent, "get_task", &req.task_id, e).await),
         }

@@ -154,10 +154,19 @@ pub async fn serve<S>(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .keep_alive_interval(Some(HEADER_TIMEOUT));
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            match tokio::time::timeout(MAX_CONNECTION_AGE, conn).await {
-                Ok(Err(e)) => tracing::debug!(error = %e, "https connection ended with an error"),
-                Err(_) => tracing::debug!("https connection closed at its maximum age"),
-                Ok(Ok(())) => {}
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                () = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+                    // Old enough: finish what is in flight, accept nothing new, then close.
+                    conn.as_mut().graceful_shutdown();
+                    tokio::time::timeout(HEADER_TIMEOUT, conn.as_mut())
+                        .await
+                        .unwrap_or(Ok(()))
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "https connection ended with an error");
             }
             drop(permit);
         });

@@ -224,11 +224,12 @@ pub fn bootstrap(
         }
     }
     let server = ServerCertIssuer {
-        issuer,
+        dir: dir.to_path_buf(),
         sans,
         ca_pem: ca_pem.clone(),
     };
-    let (server_chain_pem, server_key_pem) = server.issue()?;
+    let (server_chain_pem, server_key_pem) = server.issue_with(&issuer)?;
+    drop(issuer);
     Ok(BrokerPki {
         ca_pem,
         server_chain_pem,
@@ -238,9 +239,10 @@ pub fn bootstrap(
 }
 
 /// Issues the broker's server certificates from its CA: one at start, then again before the
-/// current one nears its end, without a restart.
+/// current one nears its end, without a restart. The CA key is read from the data dir for each
+/// issuance and dropped after it, so it does not stay in the broker's memory.
 pub struct ServerCertIssuer {
-    issuer: Issuer<'static, KeyPair>,
+    dir: PathBuf,
     sans: Vec<SanType>,
     ca_pem: String,
 }
@@ -259,6 +261,10 @@ pub const SERVER_CERT_DAYS: i64 = 90;
 impl ServerCertIssuer {
     /// A fresh key and certificate: (chain PEM, key PEM).
     pub fn issue(&self) -> Result<(String, String), PkiError> {
+        self.issue_with(&load_issuer(&self.dir)?)
+    }
+
+    fn issue_with(&self, issuer: &Issuer<'_, KeyPair>) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate().map_err(cert_err("server key"))?;
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -271,7 +277,7 @@ impl ServerCertIssuer {
         p.not_before = now - time::Duration::hours(1);
         p.not_after = now + time::Duration::days(SERVER_CERT_DAYS);
         let cert = p
-            .signed_by(&key, &self.issuer)
+            .signed_by(&key, issuer)
             .map_err(cert_err("server certificate"))?;
         Ok((
             format!("{}{}", cert.pem(), self.ca_pem),

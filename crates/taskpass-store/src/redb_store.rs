@@ -33,10 +33,11 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// Commands that may wait for the writer before callers are slowed down.
     pub queue_depth: usize,
-    /// Under load (the previous commit ended less than this ago), how long the writer waits
-    /// for more commands before committing a small batch. Every commit costs about a
-    /// millisecond of CPU whatever its size, so a short wait buys much larger batches; an idle
-    /// store commits at once. Zero turns it off.
+    /// Under concurrent load (the previous commit ended less than four times this ago and more
+    /// than one command is arriving at a time), how long the writer waits for more commands
+    /// before committing a small batch. Every commit costs about a millisecond of CPU whatever
+    /// its size, so a short wait buys much larger batches; an idle store, or a single caller
+    /// writing one command at a time, commits at once. Zero turns it off.
     pub coalesce: std::time::Duration,
 }
 
@@ -278,6 +279,7 @@ fn writer_loop(
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     let mut last_commit = std::time::Instant::now();
+    let mut last_batch = 0usize;
     let drain = |rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>| {
         while batch.len() < max_batch {
             match rx.try_recv() {
@@ -289,7 +291,9 @@ fn writer_loop(
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         drain(&mut rx, &mut batch);
-        let busy = last_commit.elapsed() < coalesce * 4;
+        let concurrent = batch.len() > 1 || last_batch > 1;
+        let busy = concurrent && last_commit.elapsed() < coalesce * 4;
+        last_batch = batch.len();
         if busy && !coalesce.is_zero() && batch.len() < max_batch {
             thread::sleep(coalesce);
             drain(&mut rx, &mut batch);
