@@ -107,3 +107,40 @@ pub async fn audit_len(
         .into_inner()
         .entries)
 }
+
+/// A started test world: a loopback OIDC issuer, a real `taskpassd` trusting it, and one
+/// client of each kind.
+#[derive(Debug)]
+pub struct Env {
+    /// The agents' OIDC issuer.
+    pub issuer: DevIssuer,
+    /// The broker process.
+    pub broker: taskpass_testkit::TestBroker,
+    /// Operator client (bootstrap admin credential).
+    pub admin: pb::admin_service_client::AdminServiceClient<Channel>,
+    /// Agent client.
+    pub agent: pb::agent_service_client::AgentServiceClient<Channel>,
+    /// Validator client.
+    pub val: pb::validation_service_client::ValidationServiceClient<Channel>,
+}
+
+impl Env {
+    /// Starts the issuer and a broker with the default test configuration.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with("").await
+    }
+
+    /// Like [`Env::start`] with extra broker TOML appended.
+    pub async fn start_with(extra: &str) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let issuer = DevIssuer::start().await?;
+        let broker = taskpass_testkit::TestBroker::start_with(&issuer, extra).await?;
+        Ok(Self {
+            admin: broker.admin().await?,
+            agent: broker.agent().await?,
+            val: broker.validation().await?,
+            issuer,
+            broker,
+        })
+    }
+}

@@ -467,11 +467,13 @@ async fn every_bad_attestation_is_refused_and_changes_nothing() {
 
 #[tokio::test]
 async fn es256_and_eddsa_attestations_start_tasks() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let issuer = DevIssuer::start().await.unwrap();
-    let broker = TestBroker::start(&issuer).await.unwrap();
-    let mut admin = broker.admin().await.unwrap();
-    let mut agent = broker.agent().await.unwrap();
+    let Env {
+        issuer,
+        broker: _broker,
+        mut admin,
+        mut agent,
+        ..
+    } = Env::start().await.unwrap();
     register(&mut admin, &issuer, "att-algs", SUB)
         .await
         .unwrap();
@@ -514,11 +516,13 @@ async fn es256_and_eddsa_attestations_start_tasks() {
 
 #[tokio::test]
 async fn rotated_issuer_key_is_fetched_on_unknown_kid() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let issuer = DevIssuer::start().await.unwrap();
-    let broker = TestBroker::start(&issuer).await.unwrap();
-    let mut admin = broker.admin().await.unwrap();
-    let mut agent = broker.agent().await.unwrap();
+    let Env {
+        issuer,
+        broker: _broker,
+        mut admin,
+        mut agent,
+        ..
+    } = Env::start().await.unwrap();
     register(&mut admin, &issuer, "att-rotate", SUB)
         .await
         .unwrap();
@@ -648,11 +652,13 @@ async fn replayed_attestation_is_refused_once_expired() {
 
 #[tokio::test]
 async fn oversized_request_message_is_resource_exhausted() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let issuer = DevIssuer::start().await.unwrap();
-    let broker = TestBroker::start(&issuer).await.unwrap();
-    let mut admin = broker.admin().await.unwrap();
-    let mut agent = broker.agent().await.unwrap();
+    let Env {
+        issuer,
+        broker: _broker,
+        mut admin,
+        mut agent,
+        ..
+    } = Env::start().await.unwrap();
     register(&mut admin, &issuer, "att-big", SUB).await.unwrap();
     let before = snapshot(&mut admin).await;
     // A 100 KiB purpose makes the whole message larger than the broker's 64 KiB limit.

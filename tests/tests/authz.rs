@@ -165,11 +165,13 @@ fn new_agent(name: &str, issuer: &DevIssuer, subject: &str) -> pb::RegisterAgent
 
 #[tokio::test]
 async fn allow_lists_deny_by_default_and_never_escalate() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let issuer = DevIssuer::start().await.unwrap();
-    let broker = TestBroker::start(&issuer).await.unwrap();
-    let mut admin = broker.admin().await.unwrap();
-    let mut agent = broker.agent().await.unwrap();
+    let Env {
+        issuer,
+        broker: _broker,
+        mut admin,
+        mut agent,
+        ..
+    } = Env::start().await.unwrap();
     register(&mut admin, &issuer, "authz-a", "sub-a")
         .await
         .unwrap();
@@ -304,11 +306,13 @@ async fn allow_lists_deny_by_default_and_never_escalate() {
 
 #[tokio::test]
 async fn another_agents_task_is_not_found() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let issuer = DevIssuer::start().await.unwrap();
-    let broker = TestBroker::start(&issuer).await.unwrap();
-    let mut admin = broker.admin().await.unwrap();
-    let mut agent = broker.agent().await.unwrap();
+    let Env {
+        issuer,
+        broker: _broker,
+        mut admin,
+        mut agent,
+        ..
+    } = Env::start().await.unwrap();
     register(&mut admin, &issuer, "iso-a", "sub-a")
         .await
         .unwrap();
@@ -397,11 +401,13 @@ async fn another_agents_task_is_not_found() {
 
 #[tokio::test]
 async fn malformed_requests_are_invalid_argument() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let issuer = DevIssuer::start().await.unwrap();
-    let broker = TestBroker::start(&issuer).await.unwrap();
-    let mut admin = broker.admin().await.unwrap();
-    let mut agent = broker.agent().await.unwrap();
+    let Env {
+        issuer,
+        broker: _broker,
+        mut admin,
+        mut agent,
+        ..
+    } = Env::start().await.unwrap();
     register(&mut admin, &issuer, "bad-input", "sub-a")
         .await
         .unwrap();
@@ -614,12 +620,13 @@ async fn admin_api_needs_an_operator_and_validates_registrations() {
 
 #[tokio::test]
 async fn suspend_resume_offboard() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let issuer = DevIssuer::start().await.unwrap();
-    let broker = TestBroker::start(&issuer).await.unwrap();
-    let mut admin = broker.admin().await.unwrap();
-    let mut agent = broker.agent().await.unwrap();
-    let mut val = broker.validation().await.unwrap();
+    let Env {
+        issuer,
+        broker: _broker,
+        mut admin,
+        mut agent,
+        mut val,
+    } = Env::start().await.unwrap();
     let a = register(&mut admin, &issuer, "life-a", "sub-a")
         .await
         .unwrap();
@@ -723,12 +730,13 @@ async fn suspend_resume_offboard() {
 
 #[tokio::test]
 async fn operator_revokes_a_token_and_a_task() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let issuer = DevIssuer::start().await.unwrap();
-    let broker = TestBroker::start(&issuer).await.unwrap();
-    let mut admin = broker.admin().await.unwrap();
-    let mut agent = broker.agent().await.unwrap();
-    let mut val = broker.validation().await.unwrap();
+    let Env {
+        issuer,
+        broker: _broker,
+        mut admin,
+        mut agent,
+        mut val,
+    } = Env::start().await.unwrap();
     register(&mut admin, &issuer, "rev-a", "sub-a")
         .await
         .unwrap();

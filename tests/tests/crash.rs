@@ -7,16 +7,18 @@ use std::time::{Duration, Instant};
 
 use taskpass_e2e::*;
 use taskpass_proto::v1 as pb;
-use taskpass_testkit::{DevIssuer, TestBroker};
+
 use tokio_stream::StreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_burst_loses_nothing_acknowledged() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let issuer = DevIssuer::start().await.unwrap();
-    let mut broker = TestBroker::start(&issuer).await.unwrap();
-    let mut admin = broker.admin().await.unwrap();
-    let mut agent = broker.agent().await.unwrap();
+    let Env {
+        issuer,
+        mut broker,
+        mut admin,
+        mut agent,
+        ..
+    } = Env::start().await.unwrap();
     register(&mut admin, &issuer, "crashy", "sub-crash")
         .await
         .unwrap();

@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use taskpass_e2e::*;
-use taskpass_testkit::{BROKER_ISSUER, DevIssuer, TestBroker, https_get};
+use taskpass_testkit::{BROKER_ISSUER, https_get};
 
 const SCRIPT: &str = r#"
 import json, sys, jwt
@@ -41,11 +41,13 @@ async fn pyjwt_verifies_broker_tokens() {
         );
         return;
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let issuer = DevIssuer::start().await.unwrap();
-    let broker = TestBroker::start(&issuer).await.unwrap();
-    let mut admin = broker.admin().await.unwrap();
-    let mut agent = broker.agent().await.unwrap();
+    let Env {
+        issuer,
+        broker,
+        mut admin,
+        mut agent,
+        ..
+    } = Env::start().await.unwrap();
     let a = register(&mut admin, &issuer, "py", "sub-py").await.unwrap();
     let task = start(&mut agent, &issuer, "sub-py", &["read"])
         .await

@@ -11,12 +11,13 @@ use tokio_stream::StreamExt;
 
 #[tokio::test]
 async fn whole_story() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let issuer = DevIssuer::start().await.unwrap();
-    let broker = TestBroker::start(&issuer).await.unwrap();
-    let mut admin = broker.admin().await.unwrap();
-    let mut agent = broker.agent().await.unwrap();
-    let mut val = broker.validation().await.unwrap();
+    let Env {
+        issuer,
+        broker,
+        mut admin,
+        mut agent,
+        mut val,
+    } = Env::start().await.unwrap();
 
     let a = register(&mut admin, &issuer, "story-bot", "sub-story")
         .await
@@ -311,12 +312,13 @@ async fn whole_story() {
 
 #[tokio::test]
 async fn deadline_expires_the_task_and_its_tokens() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let issuer = DevIssuer::start().await.unwrap();
-    let broker = TestBroker::start(&issuer).await.unwrap();
-    let mut admin = broker.admin().await.unwrap();
-    let mut agent = broker.agent().await.unwrap();
-    let mut val = broker.validation().await.unwrap();
+    let Env {
+        issuer,
+        broker: _broker,
+        mut admin,
+        mut agent,
+        mut val,
+    } = Env::start().await.unwrap();
     register(&mut admin, &issuer, "short", "sub-short")
         .await
         .unwrap();

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use rustls_pki_types::CertificateDer;
 use taskpass_core::{
-    Agent, AgentName, AgentState, AllowList, Audience, AuditOutcome, OidcBinding, Operator,
-    Permission, Role, ScopeSet, TaskId, TaskState, TokenId, TokenRecord,
+    Agent, AgentName, AgentState, AllowList, Audience, AuditEntry, AuditOutcome, OidcBinding,
+    Operator, Permission, Role, ScopeSet, TaskId, TaskState, TokenId, TokenRecord,
 };
 use taskpass_proto::v1 as pb;
 use taskpass_store::{ChangeAgentState, EndTask};
 
-use crate::broker::{Broker, audit, task_to_pb};
+use crate::broker::{Broker, task_to_pb};
 use crate::error::ApiError;
 
 const MAX_TEXT: usize = 1024;
@@ -146,7 +146,7 @@ impl Broker {
     /// Checks the operator's permission; a refusal is itself a decision, so it is audited.
     async fn authorize(&self, op: &Operator, p: Permission) -> Result<(), ApiError> {
         if let Err(e) = require(op, p) {
-            let mut a = audit(self.now(), &op.id, "operator.authorize");
+            let mut a = AuditEntry::draft(self.now(), &op.id, "operator.authorize");
             a.outcome = AuditOutcome::Deny;
             a.reason = e.to_string();
             a.detail = format!("permission={}", p.as_str());
@@ -229,7 +229,7 @@ impl Broker {
         self.authorize(op, Permission::ManageAgents).await?;
         let now = self.now();
         let agent = self.parse_agent(req.agent.unwrap_or_default(), now)?;
-        let mut a = audit(now, &op.id, "agent.register");
+        let mut a = AuditEntry::draft(now, &op.id, "agent.register");
         a.reason = format!("role {}", op.role.as_str());
         a.agent_id = agent.id.to_string();
         a.detail = format!(
@@ -290,7 +290,7 @@ impl Broker {
             AgentState::Suspended => "agent.suspend",
             _ => "agent.offboard",
         };
-        let mut a = audit(now, &op.id, action);
+        let mut a = AuditEntry::draft(now, &op.id, action);
         a.reason = text("reason", &req.reason, false)?;
         a.agent_id = agent.id.to_string();
         let changed = self
@@ -340,7 +340,7 @@ impl Broker {
         self.authorize(op, Permission::Revoke).await?;
         let id = TaskId::parse(&req.task_id).map_err(|e| ApiError::field("task_id", e))?;
         let now = self.now();
-        let mut a = audit(now, &op.id, "task.revoke");
+        let mut a = AuditEntry::draft(now, &op.id, "task.revoke");
         a.reason = text("reason", &req.reason, false)?;
         a.task_id = id.to_string();
         if let Some(t) = self.store.task(&id).await? {
@@ -393,7 +393,7 @@ impl Broker {
         self.authorize(op, Permission::Revoke).await?;
         let id = TokenId::parse(&req.token_id).map_err(|e| ApiError::field("token_id", e))?;
         let now = self.now();
-        let mut a = audit(now, &op.id, "token.revoke");
+        let mut a = AuditEntry::draft(now, &op.id, "token.revoke");
         a.reason = text("reason", &req.reason, false)?;
         a.token_id = id.to_string();
         if let Some(t) = self.store.token(&id).await? {

@@ -37,11 +37,6 @@ pub struct Broker {
     pub(crate) rate: Option<crate::ratelimit::RateLimiter>,
 }
 
-/// An audit entry under construction.
-pub(crate) fn audit(now: i64, actor: &str, action: &str) -> AuditEntry {
-    AuditEntry::draft(now, actor, action)
-}
-
 pub(crate) fn task_to_pb(t: &Task, now: i64) -> pb::Task {
     let state = match t.effective_state(now) {
         TaskState::Open => pb::TaskState::Open,
@@ -165,7 +160,7 @@ impl Broker {
     }
 
     async fn deny(&self, agent: &Agent, action: &str, task: &str, err: ApiError) -> ApiError {
-        let mut a = audit(self.now(), agent.id.as_str(), action);
+        let mut a = AuditEntry::draft(self.now(), agent.id.as_str(), action);
         a.outcome = AuditOutcome::Deny;
         a.reason = err.to_string();
         a.agent_id = agent.id.to_string();
@@ -227,7 +222,7 @@ impl Broker {
             approval_id: None,
         };
         tracing::Span::current().record("task_id", task.id.to_string());
-        let mut a = audit(now, agent.id.as_str(), "start_task");
+        let mut a = AuditEntry::draft(now, agent.id.as_str(), "start_task");
         a.reason = "allow_lists".into();
         a.agent_id = agent.id.to_string();
         a.task_id = task.id.to_string();
@@ -294,7 +289,7 @@ impl Broker {
         };
         let claims = AccessClaims::for_record(&self.issuer, &record, task.on_behalf_of.as_deref());
         let access_token = self.keys.sign(&claims);
-        let mut a = audit(now, agent.id.as_str(), "issue_token");
+        let mut a = AuditEntry::draft(now, agent.id.as_str(), "issue_token");
         a.reason = "task_grant".into();
         a.agent_id = agent.id.to_string();
         a.task_id = req.task_id.clone();
@@ -325,7 +320,7 @@ impl Broker {
         let task_id = parse_task_id(&req.task_id)?;
         tracing::Span::current().record("task_id", req.task_id.as_str());
         let now = self.now();
-        let mut a = audit(now, agent.id.as_str(), "complete_task");
+        let mut a = AuditEntry::draft(now, agent.id.as_str(), "complete_task");
         a.reason = "agent_completed".into();
         a.agent_id = agent.id.to_string();
         a.task_id = req.task_id.clone();

@@ -781,6 +781,41 @@ fn end_task_in(
     })
 }
 
+/// The newest `limit` records of `table`, newest first: all of them, or only those an
+/// `(owner, id)` index lists under `owner` (ids are ULIDs, so key order is creation order).
+fn newest<T: DeserializeOwned>(
+    txn: &redb::ReadTransaction,
+    table: redb::TableDefinition<&'static str, &'static [u8]>,
+    index: redb::TableDefinition<(&'static str, &'static str), ()>,
+    owner: Option<&str>,
+    what: &'static str,
+    limit: usize,
+) -> Result<Vec<T>, StoreError> {
+    let records = txn.open_table(table)?;
+    let mut out = Vec::new();
+    match owner {
+        Some(owner) => {
+            let index = txn.open_table(index)?;
+            for row in index.range((owner, "")..(owner, "~"))?.rev() {
+                let (k, _) = row?;
+                if let Some(r) = get_json(&records, what, k.value().1)? {
+                    out.push(r);
+                }
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        None => {
+            for row in records.iter()?.rev().take(limit) {
+                let (_, v) = row?;
+                out.push(decode(what, v.value())?);
+            }
+        }
+    }
+    Ok(out)
+}
+
 macro_rules! expect_outcome {
     ($r:expr, $p:pat => $v:expr) => {
         match $r? {
@@ -847,31 +882,8 @@ impl Store for RedbStore {
         agent: Option<&AgentId>,
         limit: usize,
     ) -> Result<Vec<Task>, StoreError> {
-        self.read(|txn| {
-            let tasks = txn.open_table(TASKS)?;
-            let mut out = Vec::new();
-            match agent {
-                Some(a) => {
-                    let index = txn.open_table(TASKS_BY_AGENT)?;
-                    for row in index.range((a.as_str(), "")..(a.as_str(), "~"))?.rev() {
-                        let (k, _) = row?;
-                        if let Some(task) = get_json(&tasks, "task", k.value().1)? {
-                            out.push(task);
-                        }
-                        if out.len() >= limit {
-                            break;
-                        }
-                    }
-                }
-                None => {
-                    for row in tasks.iter()?.rev().take(limit) {
-                        let (_, v) = row?;
-                        out.push(decode("task", v.value())?);
-                    }
-                }
-            }
-            Ok(out)
-        })
+        let prefix = agent.map(AgentId::to_string);
+        self.read(|txn| newest(txn, TASKS, TASKS_BY_AGENT, prefix.as_deref(), "task", limit))
     }
 
     async fn end_task(&self, end: EndTask) -> Result<EndedTask, StoreError> {
@@ -905,34 +917,16 @@ impl Store for RedbStore {
         task: Option<&TaskId>,
         limit: usize,
     ) -> Result<Vec<TokenRecord>, StoreError> {
+        let prefix = task.map(TaskId::to_string);
         self.read(|txn| {
-            let tokens = txn.open_table(TOKENS)?;
-            let mut out = Vec::new();
-            match task {
-                Some(task) => {
-                    let task = task.to_string();
-                    let index = txn.open_table(TOKENS_BY_TASK)?;
-                    for row in index
-                        .range((task.as_str(), "")..(task.as_str(), "~"))?
-                        .rev()
-                    {
-                        let (k, _) = row?;
-                        if let Some(t) = get_json(&tokens, "token", k.value().1)? {
-                            out.push(t);
-                        }
-                        if out.len() >= limit {
-                            break;
-                        }
-                    }
-                }
-                None => {
-                    for row in tokens.iter()?.rev().take(limit) {
-                        let (_, v) = row?;
-                        out.push(decode("token", v.value())?);
-                    }
-                }
-            }
-            Ok(out)
+            newest(
+                txn,
+                TOKENS,
+                TOKENS_BY_TASK,
+                prefix.as_deref(),
+                "token",
+                limit,
+            )
         })
     }
 
