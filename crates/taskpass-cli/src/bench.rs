@@ -44,9 +44,31 @@ struct Run {
     p999_ms: f64,
     max_ms: f64,
     errors: u64,
+    /// CPU time per request, microseconds: the broker's, and this client's.
+    broker_cpu_us: f64,
+    client_cpu_us: f64,
 }
 
-async fn drive<F, Fut>(channels: &[Channel], args: &BenchArgs, n: u64, call: F) -> Run
+/// CPU time (ns) used so far by the threads of a process, from `/proc/PID/task/*/schedstat`.
+/// Not available off Linux: zero.
+fn cpu_ns(pid: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+async fn drive<F, Fut>(
+    channels: &[Channel],
+    args: &BenchArgs,
+    broker_pid: u32,
+    n: u64,
+    call: F,
+) -> Run
 where
     F: Fn(Channel) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -54,6 +76,8 @@ where
     let call = Arc::new(call);
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let broker_pid = broker_pid.to_string();
+    let cpu_before = (cpu_ns(&broker_pid), cpu_ns("self"));
     let start = Instant::now();
     let mut workers = Vec::with_capacity(args.concurrency);
     for w in 0..args.concurrency.max(1) {
@@ -76,6 +100,12 @@ where
         all.extend(w.await.unwrap_or_default());
     }
     let elapsed = start.elapsed().as_secs_f64();
+    #[expect(clippy::cast_precision_loss, reason = "rates are approximate")]
+    let per_request = |before: u64, after: u64| {
+        after.saturating_sub(before) as f64 / 1000.0 / all.len().max(1) as f64
+    };
+    let broker_cpu_us = per_request(cpu_before.0, cpu_ns(&broker_pid));
+    let client_cpu_us = per_request(cpu_before.1, cpu_ns("self"));
     all.sort_unstable();
     let pct = |p: f64| {
         #[expect(
@@ -97,6 +127,8 @@ where
         p999_ms: pct(0.999),
         max_ms: pct(1.0),
         errors: errors.load(Ordering::Relaxed),
+        broker_cpu_us,
+        client_cpu_us,
     }
 }
 
@@ -146,13 +178,24 @@ fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
 
 fn run_json(r: &Run) -> serde_json::Value {
     json!({"rate": r.rate, "p50_ms": r.p50_ms, "p90_ms": r.p90_ms, "p99_ms": r.p99_ms,
-           "p999_ms": r.p999_ms, "max_ms": r.max_ms, "errors": r.errors})
+           "p999_ms": r.p999_ms, "max_ms": r.max_ms, "errors": r.errors,
+           "broker_cpu_us_per_request": r.broker_cpu_us,
+           "client_cpu_us_per_request": r.client_cpu_us})
 }
 
 fn run_line(name: &str, unit: &str, r: &Run) -> String {
     format!(
-        "  {name:<16} {:>9.0} {unit:<9} p50 {:>6.2}  p90 {:>6.2}  p99 {:>6.2}  p99.9 {:>6.2}  max {:>7.2} ms   errors {}",
-        r.rate, r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms, r.errors
+        "  {name:<16} {:>9.0} {unit:<9} p50 {:>6.2}  p90 {:>6.2}  p99 {:>6.2}  p99.9 {:>6.2}  max {:>7.2} ms   errors {}\n  {:<16} CPU per call: broker {:.1} µs, client {:.1} µs",
+        r.rate,
+        r.p50_ms,
+        r.p90_ms,
+        r.p99_ms,
+        r.p999_ms,
+        r.max_ms,
+        r.errors,
+        "",
+        r.broker_cpu_us,
+        r.client_cpu_us
     )
 }
 
@@ -218,7 +261,7 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
         "echo baseline: {n} health checks, {} in flight over {} connections…",
         args.concurrency, args.connections
     ));
-    let echo = drive(&channels, &args, n, |ch| async move {
+    let echo = drive(&channels, &args, pid, n, |ch| async move {
         tonic_health::pb::health_client::HealthClient::new(ch)
             .check(tonic_health::pb::HealthCheckRequest {
                 service: String::new(),
@@ -230,7 +273,7 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
 
     eprint(&format!("IssueToken: {n} calls…"));
     let task_id = task.task_id.clone();
-    let issue = drive(&channels, &args, n, move |ch| {
+    let issue = drive(&channels, &args, pid, n, move |ch| {
         let req = pb::IssueTokenRequest {
             attestation: Some(att.clone()),
             task_id: task_id.clone(),

@@ -12,8 +12,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+// The same allocator as the broker: `taskpass bench` and `taskpass demo` run a client beside it.
+#[cfg(not(target_env = "msvc"))]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Operate a Taskpass broker: agents, tasks, tokens and the audit log.
 #[derive(Debug, Parser)]

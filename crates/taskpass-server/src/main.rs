@@ -6,10 +6,9 @@ use anyhow::Context;
 use clap::Parser;
 use taskpass_server::ConfigFile;
 
-// glibc malloc showed as ~6% of the broker's CPU under load (arena contention between the
-// request threads and the store writer); mimalloc is the usual answer.
+#[cfg(not(target_env = "msvc"))]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// The Taskpass broker: short-lived, task-scoped credentials for AI agents.
 #[derive(Debug, Parser)]

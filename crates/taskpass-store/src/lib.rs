@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cache;
 mod error;
 mod redb_store;
 mod tables;

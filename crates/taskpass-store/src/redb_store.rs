@@ -15,6 +15,7 @@ use taskpass_core::{
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::cache::{Changes, RecordCache};
 use crate::tables::*;
 use crate::{
     AuditDraft, AuditVerification, ChangeAgentState, ChangedAgent, EndTask, EndedTask, Store,
@@ -39,6 +40,9 @@ pub struct StoreOptions {
     /// its size, so a short wait buys much larger batches; an idle store, or a single caller
     /// writing one command at a time, commits at once. Zero turns it off.
     pub coalesce: std::time::Duration,
+    /// Agents, and open tasks, kept decoded in memory (each up to this many) so that agent
+    /// calls read them without a transaction. Zero turns the cache off.
+    pub cached_records: usize,
 }
 
 impl Default for StoreOptions {
@@ -48,6 +52,7 @@ impl Default for StoreOptions {
             max_batch: 1024,
             queue_depth: 8192,
             coalesce: std::time::Duration::from_micros(500),
+            cached_records: 20_000,
         }
     }
 }
@@ -71,6 +76,7 @@ struct WriterStats {
 #[derive(Debug)]
 struct Inner {
     stats: Arc<WriterStats>,
+    cache: Arc<RecordCache>,
     db: Arc<Database>,
     writer: Option<mpsc::Sender<Job>>,
     revocations: broadcast::Sender<RevocationEvent>,
@@ -138,7 +144,10 @@ impl RedbStore {
             .create(path)?;
         restrict_permissions(path)?;
         let heads = init_schema(&db)?;
+        let cache = Arc::new(RecordCache::new(options.cached_records));
+        warm_cache(&db, &cache, options.cached_records)?;
         let db = Arc::new(db);
+        let writer_cache = Arc::clone(&cache);
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
         let (revocations, _) = broadcast::channel(4096);
         let writer_db = Arc::clone(&db);
@@ -155,6 +164,7 @@ impl RedbStore {
                     rx,
                     heads,
                     (max_batch, coalesce),
+                    &writer_cache,
                     &writer_events,
                     &writer_stats,
                 )
@@ -163,6 +173,7 @@ impl RedbStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 stats,
+                cache,
                 db,
                 writer: Some(tx),
                 revocations,
@@ -255,6 +266,27 @@ fn init_schema(db: &Database) -> Result<Heads, StoreError> {
     Ok(heads)
 }
 
+/// Loads the agents and open tasks into the cache, up to its capacity.
+fn warm_cache(db: &Database, cache: &RecordCache, capacity: usize) -> Result<(), StoreError> {
+    let txn = db.begin_read()?;
+    let mut changes = Changes::default();
+    for row in txn.open_table(AGENTS)?.iter()?.take(capacity) {
+        let (k, v) = row?;
+        let agent: Agent = decode("agent", v.value())?;
+        changes.agents.insert(k.value().to_owned(), Arc::new(agent));
+    }
+    let tasks = txn.open_table(TASKS)?;
+    for row in txn.open_table(OPEN_TASK_DEADLINES)?.iter()?.take(capacity) {
+        let (k, _) = row?;
+        let id = k.value().1;
+        if let Some(task) = get_json::<Task>(&tasks, "task", id)? {
+            changes.tasks.insert(id.to_owned(), Arc::new(task));
+        }
+    }
+    cache.apply(changes);
+    Ok(())
+}
+
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         what,
@@ -274,6 +306,7 @@ fn writer_loop(
     mut rx: mpsc::Receiver<Job>,
     mut heads: Heads,
     (max_batch, coalesce): (usize, std::time::Duration),
+    cache: &RecordCache,
     events_out: &broadcast::Sender<RevocationEvent>,
     stats: &WriterStats,
 ) {
@@ -301,7 +334,7 @@ fn writer_loop(
         let saved = heads.clone();
         let mut events = Vec::new();
         let started = std::time::Instant::now();
-        let result = apply_batch(db, &batch, &mut heads, &mut events);
+        let result = apply_batch(db, &batch, &mut heads, &mut events, cache);
         let took = started.elapsed();
         last_commit = std::time::Instant::now();
         stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -320,7 +353,9 @@ fn writer_loop(
             );
         }
         match result {
-            Ok(results) => {
+            Ok((results, changes)) => {
+                // Before any caller hears back, so that it reads its own write.
+                cache.apply(changes);
                 for e in events {
                     // No subscriber is fine: the log is durable and replayable.
                     let _ = events_out.send(e);
@@ -376,18 +411,25 @@ fn is_fatal(e: &StoreError) -> bool {
     )
 }
 
+type BatchResult = (Vec<Result<Outcome, StoreError>>, Changes);
+
 fn apply_batch(
     db: &Database,
     batch: &[Job],
     heads: &mut Heads,
     events: &mut Vec<RevocationEvent>,
-) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
+    cache: &RecordCache,
+) -> Result<BatchResult, StoreError> {
     let txn = db.begin_write()?;
     let mut results = Vec::with_capacity(batch.len());
+    let mut rec = Records {
+        cache,
+        changes: Changes::default(),
+    };
     {
         let mut t = Tables::open(&txn)?;
         for job in batch {
-            let r = apply(&mut t, heads, &job.cmd, events);
+            let r = apply(&mut t, &mut rec, heads, &job.cmd, events);
             if let Err(e) = &r {
                 if is_fatal(e) {
                     return Err(StoreError::Engine(e.to_string()));
@@ -404,7 +446,64 @@ fn apply_batch(
         }
     }
     txn.commit()?;
-    Ok(results)
+    Ok((results, rec.changes))
+}
+
+/// The agents and tasks as this batch sees them: its own writes first, then the cache (the
+/// committed state), then the file. Every agent and task the batch writes goes through here,
+/// so the cache learns of it once the batch commits.
+struct Records<'c> {
+    cache: &'c RecordCache,
+    changes: Changes,
+}
+
+impl Records<'_> {
+    fn agent(&mut self, t: &Tables<'_>, name: &str) -> Result<Option<Arc<Agent>>, StoreError> {
+        if let Some(a) = self.changes.agents.get(name) {
+            return Ok(Some(Arc::clone(a)));
+        }
+        if let Some(a) = self.cache.agent(name) {
+            return Ok(Some(a));
+        }
+        let Some(agent) = get_json::<Agent>(&t.agents, "agent", name)? else {
+            return Ok(None);
+        };
+        let agent = Arc::new(agent);
+        self.changes
+            .agents
+            .insert(name.to_owned(), Arc::clone(&agent));
+        Ok(Some(agent))
+    }
+
+    fn task(&mut self, t: &Tables<'_>, id: &str) -> Result<Option<Arc<Task>>, StoreError> {
+        if let Some(task) = self.changes.tasks.get(id) {
+            return Ok(Some(Arc::clone(task)));
+        }
+        if let Some(task) = self.cache.task(id) {
+            return Ok(Some(task));
+        }
+        let Some(task) = get_json::<Task>(&t.tasks, "task", id)? else {
+            return Ok(None);
+        };
+        let task = Arc::new(task);
+        self.changes.tasks.insert(id.to_owned(), Arc::clone(&task));
+        Ok(Some(task))
+    }
+
+    fn put_agent(&mut self, t: &mut Tables<'_>, agent: Agent) -> Result<(), StoreError> {
+        t.agents
+            .insert(agent.name.as_str(), encode(&agent).as_slice())?;
+        self.changes
+            .agents
+            .insert(agent.name.to_string(), Arc::new(agent));
+        Ok(())
+    }
+
+    fn put_task(&mut self, t: &mut Tables<'_>, id: &str, task: Task) -> Result<(), StoreError> {
+        t.tasks.insert(id, encode(&task).as_slice())?;
+        self.changes.tasks.insert(id.to_owned(), Arc::new(task));
+        Ok(())
+    }
 }
 
 fn audit_draft(cmd: &Command) -> Option<&AuditDraft> {
@@ -464,6 +563,7 @@ fn agent_name_of(id: &AgentId) -> &str {
 
 fn apply(
     t: &mut Tables<'_>,
+    rec: &mut Records<'_>,
     heads: &mut Heads,
     cmd: &Command,
     events: &mut Vec<RevocationEvent>,
@@ -487,8 +587,7 @@ fn apply(
                     });
                 }
             }
-            t.agents
-                .insert(agent.name.as_str(), encode(agent).as_slice())?;
+            rec.put_agent(t, agent.clone())?;
             for b in &agent.oidc {
                 t.bindings
                     .insert((b.issuer.as_str(), b.subject.as_str()), agent.name.as_str())?;
@@ -497,11 +596,11 @@ fn apply(
             Ok(Outcome::Agent(agent.clone()))
         }
         Command::ChangeAgentState(c) => {
-            let mut agent: Agent =
-                get_json(&t.agents, "agent", c.name.as_str())?.ok_or_else(|| {
-                    StoreError::NotFound {
-                        what: format!("agent {}", c.name),
-                    }
+            let mut agent: Agent = rec
+                .agent(t, c.name.as_str())?
+                .map(|a| (*a).clone())
+                .ok_or_else(|| StoreError::NotFound {
+                    what: format!("agent {}", c.name),
                 })?;
             if agent.state == AgentState::Offboarded {
                 return Err(StoreError::Precondition(format!(
@@ -527,13 +626,22 @@ fn apply(
                     ids
                 };
                 for id in ids {
-                    let task: Task =
-                        get_json(&t.tasks, "task", &id)?.ok_or_else(|| StoreError::Corrupt {
-                            what: "tasks_by_agent",
-                            detail: format!("index names missing task {id}"),
-                        })?;
+                    let task = rec.task(t, &id)?.ok_or_else(|| StoreError::Corrupt {
+                        what: "tasks_by_agent",
+                        detail: format!("index names missing task {id}"),
+                    })?;
                     if !task.state.is_final() {
-                        end_task_in(t, heads, events, task, TaskState::Revoked, reason, c.now)?;
+                        let task = (*task).clone();
+                        end_task_in(
+                            t,
+                            rec,
+                            heads,
+                            events,
+                            task,
+                            TaskState::Revoked,
+                            reason,
+                            c.now,
+                        )?;
                         revoked_tasks += 1;
                     }
                 }
@@ -558,8 +666,7 @@ fn apply(
             }
             agent.state = c.state;
             agent.updated_at = c.now;
-            t.agents
-                .insert(agent.name.as_str(), encode(&agent).as_slice())?;
+            rec.put_agent(t, agent.clone())?;
             let mut audit = c.audit.clone();
             if revoked_tasks > 0 {
                 audit.detail = format!("{} revoked_tasks={revoked_tasks}", audit.detail)
@@ -574,10 +681,9 @@ fn apply(
         }
         Command::CreateTask(task, audit) => {
             let name = agent_name_of(&task.agent);
-            let agent: Agent =
-                get_json(&t.agents, "agent", name)?.ok_or_else(|| StoreError::NotFound {
-                    what: format!("agent {}", task.agent),
-                })?;
+            let agent = rec.agent(t, name)?.ok_or_else(|| StoreError::NotFound {
+                what: format!("agent {}", task.agent),
+            })?;
             if agent.state != AgentState::Active {
                 return Err(StoreError::Precondition(format!(
                     "agent {} is {}",
@@ -586,7 +692,7 @@ fn apply(
                 )));
             }
             let id = task.id.to_string();
-            t.tasks.insert(id.as_str(), encode(task).as_slice())?;
+            rec.put_task(t, &id, task.clone())?;
             t.tasks_by_agent
                 .insert((task.agent.as_str(), id.as_str()), ())?;
             if task.state == TaskState::Open {
@@ -597,8 +703,10 @@ fn apply(
         }
         Command::EndTask(end) => {
             let id = end.task.to_string();
-            let task: Task = get_json(&t.tasks, "task", &id)?
-                .filter(|task: &Task| end.owner.as_ref().is_none_or(|o| *o == task.agent))
+            let task: Task = rec
+                .task(t, &id)?
+                .filter(|task| end.owner.as_ref().is_none_or(|o| *o == task.agent))
+                .map(|task| (*task).clone())
                 .ok_or_else(|| StoreError::NotFound {
                     what: format!("task {id}"),
                 })?;
@@ -609,7 +717,7 @@ fn apply(
                     state.as_str()
                 )));
             }
-            let ended = end_task_in(t, heads, events, task, end.state, &end.reason, end.now)?;
+            let ended = end_task_in(t, rec, heads, events, task, end.state, &end.reason, end.now)?;
             let mut audit = end.audit.clone();
             audit.detail = format!("revoked_tokens={}", ended.revoked_tokens);
             append_audit(t, heads, audit)?;
@@ -629,12 +737,14 @@ fn apply(
             };
             let mut ended = Vec::with_capacity(due.len());
             for id in due {
-                let Some(task) = get_json::<Task>(&t.tasks, "task", &id)? else {
+                let Some(task) = rec.task(t, &id)? else {
                     continue;
                 };
+                let task = (*task).clone();
                 let agent = task.agent.to_string();
                 let e = end_task_in(
                     t,
+                    rec,
                     heads,
                     events,
                     task,
@@ -654,10 +764,9 @@ fn apply(
         }
         Command::RecordToken(token, audit) => {
             let name = agent_name_of(&token.agent);
-            let agent: Agent =
-                get_json(&t.agents, "agent", name)?.ok_or_else(|| StoreError::NotFound {
-                    what: format!("agent {}", token.agent),
-                })?;
+            let agent = rec.agent(t, name)?.ok_or_else(|| StoreError::NotFound {
+                what: format!("agent {}", token.agent),
+            })?;
             if agent.state != AgentState::Active {
                 return Err(StoreError::Precondition(format!(
                     "agent {} is {}",
@@ -666,8 +775,9 @@ fn apply(
                 )));
             }
             let task_id = token.task.to_string();
-            let task: Task = get_json(&t.tasks, "task", &task_id)?
-                .filter(|task: &Task| task.agent == token.agent)
+            let task = rec
+                .task(t, &task_id)?
+                .filter(|task| task.agent == token.agent)
                 .ok_or_else(|| StoreError::NotFound {
                     what: format!("task {task_id}"),
                 })?;
@@ -727,8 +837,13 @@ fn apply(
 }
 
 /// Moves a task to a final state, counts its live tokens and appends its revocation.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the writer's state, the task and what ends it"
+)]
 fn end_task_in(
     t: &mut Tables<'_>,
+    rec: &mut Records<'_>,
     heads: &mut Heads,
     events: &mut Vec<RevocationEvent>,
     mut task: Task,
@@ -760,7 +875,7 @@ fn end_task_in(
     task.state = state;
     task.ended_at = Some(now);
     task.approval_id = None;
-    t.tasks.insert(id.as_str(), encode(&task).as_slice())?;
+    rec.put_task(t, &id, task.clone())?;
     let revocation = append_revocation(
         t,
         heads,
@@ -841,6 +956,9 @@ impl Store for RedbStore {
     }
 
     async fn agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError> {
+        if let Some(a) = self.inner.cache.agent(name.as_str()) {
+            return Ok(Some((*a).clone()));
+        }
         self.read(|txn| get_json(&txn.open_table(AGENTS)?, "agent", name.as_str()))
     }
 
@@ -849,6 +967,9 @@ impl Store for RedbStore {
         issuer: &str,
         subject: &str,
     ) -> Result<Option<Agent>, StoreError> {
+        if let Some(a) = self.inner.cache.agent_by_oidc(issuer, subject) {
+            return Ok(Some((*a).clone()));
+        }
         self.read(|txn| {
             let name = match txn.open_table(OIDC_BINDINGS)?.get((issuer, subject))? {
                 Some(n) => n.value().to_owned(),
@@ -874,7 +995,11 @@ impl Store for RedbStore {
     }
 
     async fn task(&self, id: &TaskId) -> Result<Option<Task>, StoreError> {
-        self.read(|txn| get_json(&txn.open_table(TASKS)?, "task", &id.to_string()))
+        let id = id.to_string();
+        if let Some(t) = self.inner.cache.task(&id) {
+            return Ok(Some((*t).clone()));
+        }
+        self.read(|txn| get_json(&txn.open_table(TASKS)?, "task", &id))
     }
 
     async fn list_tasks(

@@ -286,3 +286,125 @@ async fn store_file_is_private() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// What the broker reads on every call, as one value to compare.
+async fn reads(
+    store: &RedbStore,
+    agents: &[&Agent],
+    tasks: &[&Task],
+) -> Vec<(Option<Agent>, Option<Agent>, Vec<Option<Task>>)> {
+    let mut out = Vec::new();
+    for a in agents {
+        let by_name = store.agent(&a.name).await.unwrap();
+        let b = &a.oidc[0];
+        let by_oidc = store.agent_by_oidc(&b.issuer, &b.subject).await.unwrap();
+        let mut ts = Vec::new();
+        for t in tasks {
+            ts.push(store.task(&t.id).await.unwrap());
+        }
+        out.push((by_name, by_oidc, ts));
+    }
+    out
+}
+
+#[tokio::test]
+async fn cached_reads_match_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let (a, b, c) = (agent("a", "s-a"), agent("b", "s-b"), agent("c", "s-c"));
+    let (ta, tb, tc) = (task(&a, 0, 1000), task(&b, 0, 1000), task(&c, 0, 1000));
+    let ta2 = task(&a, 0, 1000);
+    let cached;
+    {
+        let store = RedbStore::open(&path, StoreOptions::default()).unwrap();
+        for x in [&a, &b, &c] {
+            store.register_agent(x.clone(), draft("r")).await.unwrap();
+        }
+        for t in [&ta, &ta2, &tb, &tc] {
+            store.create_task(t.clone(), draft("s")).await.unwrap();
+        }
+        // Tokens race the end of their task: every one lands in the same few batches as the
+        // end. Each is either recorded before it (and counted as revoked) or refused.
+        let mut handles = Vec::new();
+        for i in 0..64 {
+            let s = store.clone();
+            let rec = token(&ta, 10, 100);
+            handles.push(tokio::spawn(async move {
+                s.record_token(rec, draft("i")).await.is_ok()
+            }));
+            if i == 32 {
+                let s = store.clone();
+                let e = end(&ta, Some(&a.id), 10);
+                handles.push(tokio::spawn(async move { s.end_task(e).await.is_ok() }));
+            }
+        }
+        let mut ok = 0;
+        for h in handles {
+            ok += usize::from(h.await.unwrap());
+        }
+        let listed = store.list_tokens(Some(&ta.id), 1000).await.unwrap().len();
+        assert_eq!(ok, listed + 1, "every acknowledged token is recorded");
+        let late = store.record_token(token(&ta, 11, 100), draft("i")).await;
+        assert!(matches!(late, Err(StoreError::Precondition(_))));
+
+        store
+            .change_agent_state(ChangeAgentState {
+                name: b.name.clone(),
+                state: AgentState::Suspended,
+                now: 20,
+                max_ttl_seconds: 900,
+                audit: draft("suspend"),
+            })
+            .await
+            .unwrap();
+        store
+            .change_agent_state(ChangeAgentState {
+                name: c.name.clone(),
+                state: AgentState::Offboarded,
+                now: 20,
+                max_ttl_seconds: 900,
+                audit: draft("offboard"),
+            })
+            .await
+            .unwrap();
+        let r = store.record_token(token(&tb, 21, 100), draft("i")).await;
+        assert!(matches!(r, Err(StoreError::Precondition(_))));
+        cached = reads(&store, &[&a, &b, &c], &[&ta, &ta2, &tb, &tc]).await;
+    }
+    let uncached = RedbStore::open(
+        &path,
+        StoreOptions {
+            cached_records: 0,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let from_file = reads(&uncached, &[&a, &b, &c], &[&ta, &ta2, &tb, &tc]).await;
+    assert_eq!(cached, from_file);
+    drop(uncached);
+    // A reopened store starts from the file too.
+    let warm = RedbStore::open(&path, StoreOptions::default()).unwrap();
+    assert_eq!(
+        reads(&warm, &[&a, &b, &c], &[&ta, &ta2, &tb, &tc]).await,
+        from_file
+    );
+    let states: Vec<_> = from_file[0]
+        .2
+        .iter()
+        .map(|t| t.as_ref().unwrap().state)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            TaskState::Completed,
+            TaskState::Open,
+            TaskState::Revoked,
+            TaskState::Revoked
+        ]
+    );
+    assert!(from_file[2].1.is_none(), "offboarded identity is unbound");
+    assert_eq!(
+        from_file[1].0.as_ref().unwrap().state,
+        AgentState::Suspended
+    );
+}

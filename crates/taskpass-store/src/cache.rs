@@ -1,0 +1,267 @@
+//! The agents and open tasks that every agent call reads, kept decoded in memory so that the
+//! request path opens no read transaction and decodes no JSON for them.
+//!
+//! Only the writer changes the cache, and only after its commit: the cache never shows a state
+//! that is not durable, and because the writer applies commits in order it never shows an older
+//! state than the file either. A lookup that misses falls back to the file. Entries are bounded:
+//! past the capacity an arbitrary entry makes room, and a task leaves when it reaches a final
+//! state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use taskpass_core::{Agent, AgentState, Task};
+
+/// The cache itself; shared by the writer thread and every reader.
+#[derive(Debug)]
+pub(crate) struct RecordCache {
+    capacity: usize,
+    maps: RwLock<Maps>,
+}
+
+#[derive(Debug, Default)]
+struct Maps {
+    /// Agent name → agent.
+    agents: HashMap<String, Arc<Agent>>,
+    /// OIDC issuer → subject → agent name, for the cached agents that are not offboarded.
+    bindings: HashMap<String, HashMap<String, String>>,
+    /// Task id → task, for tasks not in a final state.
+    tasks: HashMap<String, Arc<Task>>,
+}
+
+/// What one batch of commands wrote or read, by key: the writer's view of its own uncommitted
+/// changes, and what the cache learns once the batch commits.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    pub(crate) agents: HashMap<String, Arc<Agent>>,
+    pub(crate) tasks: HashMap<String, Arc<Task>>,
+}
+
+impl RecordCache {
+    /// An empty cache holding at most `capacity` agents and as many tasks.
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            maps: RwLock::new(Maps::default()),
+        }
+    }
+
+    // A panic while holding the lock cannot leave the maps half-changed in a way that matters
+    // (every change is a whole insert or remove), so a poisoned lock is still used.
+    fn read(&self) -> RwLockReadGuard<'_, Maps> {
+        self.maps
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Maps> {
+        self.maps
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn agent(&self, name: &str) -> Option<Arc<Agent>> {
+        self.read().agents.get(name).cloned()
+    }
+
+    pub(crate) fn agent_by_oidc(&self, issuer: &str, subject: &str) -> Option<Arc<Agent>> {
+        let maps = self.read();
+        let name = maps.bindings.get(issuer)?.get(subject)?;
+        maps.agents.get(name).cloned()
+    }
+
+    pub(crate) fn task(&self, id: &str) -> Option<Arc<Task>> {
+        self.read().tasks.get(id).cloned()
+    }
+
+    /// Applies what a committed batch wrote or read.
+    pub(crate) fn apply(&self, changes: Changes) {
+        if self.capacity == 0 || (changes.agents.is_empty() && changes.tasks.is_empty()) {
+            return;
+        }
+        let mut maps = self.write();
+        for (name, agent) in changes.agents {
+            maps.put_agent(name, agent, self.capacity);
+        }
+        for (id, task) in changes.tasks {
+            maps.put_task(id, task, self.capacity);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> (usize, usize) {
+        let maps = self.read();
+        (maps.agents.len(), maps.tasks.len())
+    }
+}
+
+impl Maps {
+    fn put_agent(&mut self, name: String, agent: Arc<Agent>, capacity: usize) {
+        if !self.agents.contains_key(&name)
+            && self.agents.len() >= capacity
+            && let Some(victim) = self.agents.keys().next().cloned()
+        {
+            self.remove_agent(&victim);
+        }
+        self.remove_agent(&name);
+        if agent.state != AgentState::Offboarded {
+            for b in &agent.oidc {
+                self.bindings
+                    .entry(b.issuer.clone())
+                    .or_default()
+                    .insert(b.subject.clone(), name.clone());
+            }
+        }
+        self.agents.insert(name, agent);
+    }
+
+    fn remove_agent(&mut self, name: &str) {
+        let Some(old) = self.agents.remove(name) else {
+            return;
+        };
+        for b in &old.oidc {
+            if let Some(subjects) = self.bindings.get_mut(&b.issuer) {
+                if subjects.get(&b.subject).is_some_and(|n| n == name) {
+                    subjects.remove(&b.subject);
+                }
+                if subjects.is_empty() {
+                    self.bindings.remove(&b.issuer);
+                }
+            }
+        }
+    }
+
+    fn put_task(&mut self, id: String, task: Arc<Task>, capacity: usize) {
+        if task.state.is_final() {
+            self.tasks.remove(&id);
+            return;
+        }
+        if !self.tasks.contains_key(&id)
+            && self.tasks.len() >= capacity
+            && let Some(victim) = self.tasks.keys().next().cloned()
+        {
+            self.tasks.remove(&victim);
+        }
+        self.tasks.insert(id, task);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use taskpass_core::{
+        AgentName, AllowList, OidcBinding, Purpose, ScopeSet, TaskId, TaskState, TrustDomain,
+    };
+
+    use super::*;
+
+    fn agent(name: &str, subject: &str, state: AgentState) -> Arc<Agent> {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let name = AgentName::parse(name).unwrap();
+        Arc::new(Agent {
+            id: td.agent_id(&name),
+            name,
+            owner: "team".into(),
+            purpose: "test".into(),
+            tenant: String::new(),
+            environment: String::new(),
+            state,
+            oidc: vec![OidcBinding {
+                issuer: "https://idp".into(),
+                subject: subject.into(),
+            }],
+            allow: AllowList::default(),
+            review_every_days: 0,
+            created_at: 1,
+            updated_at: 1,
+        })
+    }
+
+    fn task(state: TaskState) -> Arc<Task> {
+        let a = agent("a", "s", AgentState::Active);
+        Arc::new(Task {
+            id: TaskId::from_ulid(ulid::Ulid::new()),
+            agent: a.id.clone(),
+            state,
+            purpose: Purpose::parse("test").unwrap(),
+            audiences: vec![],
+            scopes: ScopeSet::parse(&["read"]).unwrap(),
+            created_at: 1,
+            expires_at: 100,
+            ended_at: None,
+            on_behalf_of: None,
+            approval_id: None,
+        })
+    }
+
+    fn changes(agents: &[Arc<Agent>], tasks: &[Arc<Task>]) -> Changes {
+        Changes {
+            agents: agents
+                .iter()
+                .map(|a| (a.name.to_string(), Arc::clone(a)))
+                .collect(),
+            tasks: tasks
+                .iter()
+                .map(|t| (t.id.to_string(), Arc::clone(t)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn finds_agents_by_name_and_binding_until_offboarded() {
+        let cache = RecordCache::new(10);
+        let a = agent("alpha", "sub-a", AgentState::Active);
+        cache.apply(changes(&[Arc::clone(&a)], &[]));
+        assert_eq!(cache.agent("alpha").as_deref(), Some(&*a));
+        assert_eq!(
+            cache.agent_by_oidc("https://idp", "sub-a").as_deref(),
+            Some(&*a)
+        );
+        assert!(cache.agent_by_oidc("https://idp", "sub-b").is_none());
+        assert!(cache.agent_by_oidc("https://other", "sub-a").is_none());
+
+        let gone = agent("alpha", "sub-a", AgentState::Offboarded);
+        cache.apply(changes(&[Arc::clone(&gone)], &[]));
+        assert!(cache.agent_by_oidc("https://idp", "sub-a").is_none());
+        assert_eq!(cache.agent("alpha").unwrap().state, AgentState::Offboarded);
+    }
+
+    #[test]
+    fn final_tasks_leave_and_capacity_holds() {
+        let cache = RecordCache::new(2);
+        let open = task(TaskState::Open);
+        let id = open.id.to_string();
+        cache.apply(changes(&[], &[Arc::clone(&open)]));
+        assert_eq!(cache.task(&id).as_deref(), Some(&*open));
+        let mut done = (*open).clone();
+        done.state = TaskState::Completed;
+        cache.apply(changes(&[], &[Arc::new(done)]));
+        assert!(cache.task(&id).is_none());
+
+        let tasks: Vec<_> = (0..5).map(|_| task(TaskState::Open)).collect();
+        cache.apply(changes(&[], &tasks));
+        let agents: Vec<_> = (0..5)
+            .map(|i| agent(&format!("a{i}"), &format!("s{i}"), AgentState::Active))
+            .collect();
+        cache.apply(changes(&agents, &[]));
+        assert_eq!(cache.len(), (2, 2));
+        // An evicted agent's binding goes with it.
+        let found = (0..5)
+            .filter(|i| {
+                cache
+                    .agent_by_oidc("https://idp", &format!("s{i}"))
+                    .is_some()
+            })
+            .count();
+        assert_eq!(found, 2);
+    }
+
+    #[test]
+    fn zero_capacity_caches_nothing() {
+        let cache = RecordCache::new(0);
+        cache.apply(changes(
+            &[agent("a", "s", AgentState::Active)],
+            &[task(TaskState::Open)],
+        ));
+        assert_eq!(cache.len(), (0, 0));
+    }
+}
