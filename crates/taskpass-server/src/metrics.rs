@@ -5,8 +5,8 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-const BUCKETS_MS: [f64; 11] = [
-    0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 5000.0,
+const BUCKETS_MS: [f64; 12] = [
+    0.5, 1.0, 2.5, 5.0, 7.5, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 5000.0,
 ];
 
 #[derive(Debug, Default, Clone)]
