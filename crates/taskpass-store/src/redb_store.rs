@@ -475,6 +475,23 @@ impl Records<'_> {
         Ok(Some(agent))
     }
 
+    /// The agent, which must exist and be active.
+    fn active_agent(&mut self, t: &Tables<'_>, id: &AgentId) -> Result<Arc<Agent>, StoreError> {
+        let agent = self
+            .agent(t, agent_name_of(id))?
+            .ok_or_else(|| StoreError::NotFound {
+                what: format!("agent {id}"),
+            })?;
+        if agent.state != AgentState::Active {
+            return Err(StoreError::Precondition(format!(
+                "agent {} is {}",
+                agent.name,
+                agent.state.as_str()
+            )));
+        }
+        Ok(agent)
+    }
+
     fn task(&mut self, t: &Tables<'_>, id: &str) -> Result<Option<Arc<Task>>, StoreError> {
         if let Some(task) = self.changes.tasks.get(id) {
             return Ok(Some(Arc::clone(task)));
@@ -680,17 +697,7 @@ fn apply(
             }))
         }
         Command::CreateTask(task, audit) => {
-            let name = agent_name_of(&task.agent);
-            let agent = rec.agent(t, name)?.ok_or_else(|| StoreError::NotFound {
-                what: format!("agent {}", task.agent),
-            })?;
-            if agent.state != AgentState::Active {
-                return Err(StoreError::Precondition(format!(
-                    "agent {} is {}",
-                    agent.name,
-                    agent.state.as_str()
-                )));
-            }
+            rec.active_agent(t, &task.agent)?;
             let id = task.id.to_string();
             rec.put_task(t, &id, task.clone())?;
             t.tasks_by_agent
@@ -763,17 +770,7 @@ fn apply(
             Ok(Outcome::Expired(ended))
         }
         Command::RecordToken(token, audit) => {
-            let name = agent_name_of(&token.agent);
-            let agent = rec.agent(t, name)?.ok_or_else(|| StoreError::NotFound {
-                what: format!("agent {}", token.agent),
-            })?;
-            if agent.state != AgentState::Active {
-                return Err(StoreError::Precondition(format!(
-                    "agent {} is {}",
-                    agent.name,
-                    agent.state.as_str()
-                )));
-            }
+            rec.active_agent(t, &token.agent)?;
             let task_id = token.task.to_string();
             let task = rec
                 .task(t, &task_id)?
