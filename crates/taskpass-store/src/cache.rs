@@ -1,9 +1,11 @@
 //! The agents and open tasks that every agent call reads, kept decoded in memory so that the
 //! request path opens no read transaction and decodes no JSON for them.
 //!
-//! Only the writer changes the cache, and only after its commit: the cache never shows a state
-//! that is not durable, and because the writer applies commits in order it never shows an older
-//! state than the file either. A lookup that misses falls back to the file. Entries are bounded:
+//! Only the writer changes the cache, and only after its commit and before it answers the
+//! batch's callers: the cache never shows a state that is not durable, a caller reads its own
+//! write, and the cache trails the file only while a commit is being published (a reader may
+//! then get the previous committed value, which the writer re-checks anyway). A lookup that
+//! misses falls back to the file. Entries are bounded:
 //! past the capacity an arbitrary entry makes room, and a task leaves when it reaches a final
 //! state.
 
@@ -92,6 +94,15 @@ impl RecordCache {
     pub(crate) fn len(&self) -> (usize, usize) {
         let maps = self.read();
         (maps.agents.len(), maps.tasks.len())
+    }
+
+    /// The OIDC bindings held, each checked to name a cached agent.
+    #[cfg(test)]
+    fn bindings(&self) -> usize {
+        let maps = self.read();
+        let names: Vec<&String> = maps.bindings.values().flat_map(|s| s.values()).collect();
+        assert!(names.iter().all(|n| maps.agents.contains_key(*n)));
+        names.len()
     }
 }
 
@@ -222,6 +233,7 @@ mod tests {
         let gone = agent("alpha", "sub-a", AgentState::Offboarded);
         cache.apply(changes(&[Arc::clone(&gone)], &[]));
         assert!(cache.agent_by_oidc("https://idp", "sub-a").is_none());
+        assert_eq!(cache.bindings(), 0);
         assert_eq!(cache.agent("alpha").unwrap().state, AgentState::Offboarded);
     }
 
@@ -253,6 +265,7 @@ mod tests {
             })
             .count();
         assert_eq!(found, 2);
+        assert_eq!(cache.bindings(), 2, "an evicted agent's binding is gone");
     }
 
     #[test]

@@ -323,9 +323,10 @@ async fn cached_reads_match_the_file() {
         for t in [&ta, &ta2, &tb, &tc] {
             store.create_task(t.clone(), draft("s")).await.unwrap();
         }
-        // Tokens race the end of their task: every one lands in the same few batches as the
-        // end. Each is either recorded before it (and counted as revoked) or refused.
+        // Tokens race the end of their task, most of them in the same batches as the end: each
+        // is either recorded before it (and counted among its revoked tokens) or refused.
         let mut handles = Vec::new();
+        let mut ending = None;
         for i in 0..64 {
             let s = store.clone();
             let rec = token(&ta, 10, 100);
@@ -335,15 +336,20 @@ async fn cached_reads_match_the_file() {
             if i == 32 {
                 let s = store.clone();
                 let e = end(&ta, Some(&a.id), 10);
-                handles.push(tokio::spawn(async move { s.end_task(e).await.is_ok() }));
+                ending = Some(tokio::spawn(async move { s.end_task(e).await.unwrap() }));
             }
         }
         let mut ok = 0;
         for h in handles {
             ok += usize::from(h.await.unwrap());
         }
+        let ended = ending.unwrap().await.unwrap();
         let listed = store.list_tokens(Some(&ta.id), 1000).await.unwrap().len();
-        assert_eq!(ok, listed + 1, "every acknowledged token is recorded");
+        assert_eq!(ok, listed, "every acknowledged token is recorded");
+        assert_eq!(
+            ended.revoked_tokens as usize, listed,
+            "no token was recorded after the end"
+        );
         let late = store.record_token(token(&ta, 11, 100), draft("i")).await;
         assert!(matches!(late, Err(StoreError::Precondition(_))));
 
@@ -369,6 +375,8 @@ async fn cached_reads_match_the_file() {
             .unwrap();
         let r = store.record_token(token(&tb, 21, 100), draft("i")).await;
         assert!(matches!(r, Err(StoreError::Precondition(_))));
+        // Three agents (one offboarded, unbound) and the one task still open.
+        assert_eq!(store.inner.cache.len(), (3, 1));
         cached = reads(&store, &[&a, &b, &c], &[&ta, &ta2, &tb, &tc]).await;
     }
     let uncached = RedbStore::open(
@@ -379,11 +387,13 @@ async fn cached_reads_match_the_file() {
         },
     )
     .unwrap();
+    assert_eq!(uncached.inner.cache.len(), (0, 0));
     let from_file = reads(&uncached, &[&a, &b, &c], &[&ta, &ta2, &tb, &tc]).await;
     assert_eq!(cached, from_file);
     drop(uncached);
     // A reopened store starts from the file too.
     let warm = RedbStore::open(&path, StoreOptions::default()).unwrap();
+    assert_eq!(warm.inner.cache.len(), (3, 1));
     assert_eq!(
         reads(&warm, &[&a, &b, &c], &[&ta, &ta2, &tb, &tc]).await,
         from_file
