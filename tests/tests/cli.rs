@@ -200,6 +200,54 @@ fn demo_tells_the_whole_story() {
     assert!(text.contains("chain intact"));
 }
 
+#[test]
+fn bench_measures_a_real_broker() {
+    // A small run: the figures are not checked (timing is for benchmarks), their shape is.
+    let out = Command::new(workspace_bin("taskpass").unwrap())
+        .args([
+            "bench",
+            "--requests",
+            "300",
+            "--concurrency",
+            "8",
+            "--connections",
+            "2",
+            "--rounds",
+            "3",
+            "--sign-seconds",
+            "0.1",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let doc = json(&out);
+    let rounds = doc["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3);
+    let p99s: Vec<f64> = rounds
+        .iter()
+        .map(|r| r["issue_token"]["p99_ms"].as_f64().unwrap())
+        .collect();
+    let reported = doc["issue_token"]["p99_ms"].as_f64().unwrap();
+    let mut sorted = p99s.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(reported, sorted[1], "the median round is reported");
+    for r in rounds {
+        assert_eq!(r["issue_token"]["errors"], 0);
+        assert_eq!(r["echo"]["errors"], 0);
+        assert!(r["issue_token"]["rate"].as_f64().unwrap() > 0.0);
+        assert!(
+            r["issue_token"]["broker_cpu_us_per_request"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+    }
+    assert!(doc["raw_sign_per_core"].as_f64().unwrap() > 0.0);
+    assert!(doc["store_commits"].as_f64().unwrap() > 0.0);
+    assert!(doc["broker_peak_rss_mb"].as_u64().unwrap() > 0);
+}
+
 #[tokio::test]
 async fn operator_roles_are_permission_bundles() {
     let _ = rustls::crypto::ring::default_provider().install_default();
