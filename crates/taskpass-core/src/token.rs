@@ -85,4 +85,13 @@ impl AccessClaims {
             cnf: None,
         }
     }
+
+    /// The `scope` claim as a list, in claim order.
+    pub fn scopes(&self) -> Vec<String> {
+        self.scope
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
 }

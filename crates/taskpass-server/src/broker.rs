@@ -422,12 +422,7 @@ impl Broker {
                 .as_ref()
                 .map(|a| a.sub.clone())
                 .unwrap_or_default(),
-            scopes: claims
-                .scope
-                .split(' ')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            scopes: claims.scopes(),
             sub: claims.sub,
             client_id: claims.client_id,
             task_id: claims.txn,

@@ -173,12 +173,7 @@ impl VerifiedToken {
             task_id: claims.txn.clone(),
             token_id: claims.jti.clone(),
             audience: claims.aud.clone(),
-            scopes: claims
-                .scope
-                .split(' ')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            scopes: claims.scopes(),
             issued_at: claims.iat,
             expires_at: claims.exp,
             actor: claims.act.as_ref().map(|act| act.sub.clone()),
