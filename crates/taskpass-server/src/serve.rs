@@ -208,7 +208,10 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let grpc_tls = crate::tls::server_config(&pki.ca_pem, &certs, &[b"h2"])?;
-    let incoming = crate::tls::incoming(grpc_listener, grpc_tls);
+    let incoming =
+        tokio_stream::StreamExt::map(crate::tls::incoming(grpc_listener, grpc_tls), |s| {
+            s.map(crate::tls::GrpcStream::from)
+        });
     let mut stop = shutdown_rx;
     let router = tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(

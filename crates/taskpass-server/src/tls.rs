@@ -133,6 +133,66 @@ pub fn incoming(
     ReceiverStream::new(rx)
 }
 
+/// A gRPC connection's TLS stream that tells h2 it cannot write vectored. h2 then copies a
+/// data frame under 1 KiB (a token response is about 650 bytes) into its write buffer instead
+/// of queueing it beside the buffer, and a queued frame is what makes h2 flush before it can
+/// take the next one. So the responses of one grouped commit leave in one TLS record and one
+/// `writev` per connection rather than one or two each; larger frames are still chained.
+#[derive(Debug)]
+pub struct GrpcStream(TlsStream<TcpStream>);
+
+impl tokio::io::AsyncRead for GrpcStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for GrpcStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+}
+
+impl tonic::transport::server::Connected for GrpcStream {
+    type ConnectInfo = <TlsStream<TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.connect_info()
+    }
+}
+
+impl From<TlsStream<TcpStream>> for GrpcStream {
+    fn from(s: TlsStream<TcpStream>) -> Self {
+        Self(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
