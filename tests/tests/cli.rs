@@ -216,12 +216,23 @@ fn bench_measures_a_real_broker() {
             "3",
             "--sign-seconds",
             "0.1",
+            "--rate",
+            "1000",
             "--output",
             "json",
         ])
         .output()
         .unwrap();
     let doc = json(&out);
+    // The paced run starts call i at i/1000 s: 300 calls cannot finish sooner than 0.299 s.
+    let paced = &doc["issue_token_paced"];
+    assert_eq!(paced["offered_rate"], 1000.0);
+    assert_eq!(paced["errors"], 0);
+    let rate = paced["rate"].as_f64().unwrap();
+    assert!(
+        rate > 0.0 && rate <= 1000.0 * 300.0 / 299.0,
+        "paced at {rate}/s"
+    );
     let rounds = doc["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 3);
     let p99s: Vec<f64> = rounds
@@ -246,6 +257,19 @@ fn bench_measures_a_real_broker() {
     assert!(doc["raw_sign_per_core"].as_f64().unwrap() > 0.0);
     assert!(doc["store_commits"].as_f64().unwrap() > 0.0);
     assert!(doc["broker_peak_rss_mb"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn bench_refuses_a_bad_rate() {
+    for rate in ["-5", "NaN", "inf"] {
+        let out = Command::new(workspace_bin("taskpass").unwrap())
+            .args(["bench", &format!("--rate={rate}")])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--rate {rate} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--rate"), "{err}");
+    }
 }
 
 #[tokio::test]

@@ -39,6 +39,13 @@ pub struct BenchArgs {
     /// machine one round can mislead.
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
+    /// After the closed-loop runs, issue tokens at this fixed rate per second (open loop):
+    /// each call starts on its schedule whatever the earlier answers, at most --concurrency in
+    /// flight, and its latency counts from its scheduled start, so a stall shows in every call
+    /// it delays (no coordinated omission). This is latency at a given load; the closed loop
+    /// measures the most the broker can do. 0 (the default) skips it.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
 }
 
 struct Run {
@@ -67,43 +74,35 @@ fn cpu_ns(pid: &str) -> u64 {
         .sum()
 }
 
+/// How calls are started.
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    /// Each of `concurrency` workers starts its next call when the last one answers.
+    Closed,
+    /// Calls start on a fixed schedule, this many per second, at most `concurrency` at once.
+    Open(f64),
+}
+
 async fn drive<F, Fut>(
     channels: &[Channel],
     args: &BenchArgs,
     broker_pid: u32,
-    n: u64,
+    (n, load): (u64, Load),
     call: F,
 ) -> Run
 where
     F: Fn(Channel) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
 {
     let call = Arc::new(call);
-    let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let broker_pid = broker_pid.to_string();
     let cpu_before = (cpu_ns(&broker_pid), cpu_ns("self"));
     let start = Instant::now();
-    let mut workers = Vec::with_capacity(args.concurrency);
-    for w in 0..args.concurrency.max(1) {
-        let ch = channels[w % channels.len()].clone();
-        let (call, next, errors) = (Arc::clone(&call), Arc::clone(&next), Arc::clone(&errors));
-        workers.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < n {
-                let t = Instant::now();
-                if !call(ch.clone()).await {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-                lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
-            }
-            lat
-        }));
-    }
-    let mut all = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
-    for w in workers {
-        all.extend(w.await.unwrap_or_default());
-    }
+    let mut all = match load {
+        Load::Closed => closed_loop(channels, args.concurrency, n, &call, &errors).await,
+        Load::Open(rate) => open_loop(channels, args.concurrency, (n, rate), &call, &errors).await,
+    };
     let elapsed = start.elapsed().as_secs_f64();
     #[expect(clippy::cast_precision_loss, reason = "rates are approximate")]
     let per_request = |before: u64, after: u64| {
@@ -135,6 +134,86 @@ where
         broker_cpu_us,
         client_cpu_us,
     }
+}
+
+/// Latencies in microseconds, one per call.
+async fn closed_loop<F, Fut>(
+    channels: &[Channel],
+    concurrency: usize,
+    n: u64,
+    call: &Arc<F>,
+    errors: &Arc<AtomicU64>,
+) -> Vec<u32>
+where
+    F: Fn(Channel) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::with_capacity(concurrency);
+    for w in 0..concurrency.max(1) {
+        let ch = channels[w % channels.len()].clone();
+        let (call, next, errors) = (Arc::clone(call), Arc::clone(&next), Arc::clone(errors));
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let t = Instant::now();
+                if !call(ch.clone()).await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                lat.push(micros_since(t));
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    for w in workers {
+        all.extend(w.await.unwrap_or_default());
+    }
+    all
+}
+
+/// Latencies in microseconds from each call's scheduled start, one per call.
+async fn open_loop<F, Fut>(
+    channels: &[Channel],
+    concurrency: usize,
+    (n, rate): (u64, f64),
+    call: &Arc<F>,
+    errors: &Arc<AtomicU64>,
+) -> Vec<u32>
+where
+    F: Fn(Channel) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let start = tokio::time::Instant::now();
+    let mut calls = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    for i in 0..n {
+        #[expect(clippy::cast_precision_loss, reason = "a schedule in seconds")]
+        let due = start + std::time::Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        // Waiting for a free slot is part of this call's latency: it counts from `due`.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        let ch = channels[usize::try_from(i).unwrap_or(0) % channels.len()].clone();
+        let (call, errors) = (Arc::clone(call), Arc::clone(errors));
+        calls.push(tokio::spawn(async move {
+            if !call(ch).await {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(slot);
+            micros_since(due.into_std())
+        }));
+    }
+    let mut all = Vec::with_capacity(calls.len());
+    for c in calls {
+        all.push(c.await.unwrap_or(u32::MAX));
+    }
+    all
+}
+
+fn micros_since(t: Instant) -> u32 {
+    u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX)
 }
 
 fn raw_signing_rate(seconds: f64) -> anyhow::Result<f64> {
@@ -210,6 +289,10 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
         args.connections > 0 && args.concurrency > 0,
         "--connections and --concurrency must be at least 1"
     );
+    ensure!(
+        args.rate.is_finite() && args.rate >= 0.0,
+        "--rate must be a number of calls per second, or 0 to skip the paced run"
+    );
     let issuer = DevIssuer::start().await?;
     let broker = TestBroker::start_with(&issuer, "[tokens]\nmax_task_seconds = 86400\n").await?;
     let pid = broker.pid().context("broker has no pid")?;
@@ -266,24 +349,9 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
         "echo baseline: {n} health checks, {} in flight over {} connections…",
         args.concurrency, args.connections
     ));
-    let mut rounds = Vec::new();
-    for round in 1..=args.rounds.max(1) {
-        if args.rounds > 1 {
-            eprint(&format!("round {round} of {}", args.rounds));
-        }
-        let echo = drive(&channels, &args, pid, n, |ch| async move {
-            tonic_health::pb::health_client::HealthClient::new(ch)
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .is_ok()
-        })
-        .await;
-
-        eprint(&format!("IssueToken: {n} calls…"));
+    let issue_call = {
         let (att, task_id) = (att.clone(), task.task_id.clone());
-        let issue = drive(&channels, &args, pid, n, move |ch| {
+        move |ch: Channel| {
             let req = pb::IssueTokenRequest {
                 attestation: Some(att.clone()),
                 task_id: task_id.clone(),
@@ -297,11 +365,47 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
                     .await
                     .is_ok()
             }
+        }
+    };
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        if args.rounds > 1 {
+            eprint(&format!("round {round} of {}", args.rounds));
+        }
+        let echo = drive(&channels, &args, pid, (n, Load::Closed), |ch| async move {
+            tonic_health::pb::health_client::HealthClient::new(ch)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .is_ok()
         })
         .await;
+
+        eprint(&format!("IssueToken: {n} calls…"));
+        let issue = drive(&channels, &args, pid, (n, Load::Closed), issue_call.clone()).await;
         rounds.push((echo, issue));
     }
-    let errors: u64 = rounds.iter().map(|(e, i)| e.errors + i.errors).sum();
+    let paced = if args.rate > 0.0 {
+        eprint(&format!(
+            "IssueToken at {:.0}/s (open loop, at most {} in flight): {n} calls…",
+            args.rate, args.concurrency
+        ));
+        Some(
+            drive(
+                &channels,
+                &args,
+                pid,
+                (n, Load::Open(args.rate)),
+                issue_call,
+            )
+            .await,
+        )
+    } else {
+        None
+    };
+    let errors: u64 = rounds.iter().map(|(e, i)| e.errors + i.errors).sum::<u64>()
+        + paced.as_ref().map_or(0, |p| p.errors);
     let mut by_p99: Vec<usize> = (0..rounds.len()).collect();
     by_p99.sort_by(|a, b| rounds[*a].1.p99_ms.total_cmp(&rounds[*b].1.p99_ms));
     let (echo, issue) = &rounds[by_p99[by_p99.len() / 2]];
@@ -351,6 +455,11 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
         })).collect::<Vec<_>>(),
         "raw_sign_per_core": sign,
         "ratio_issue_to_echo": issue.rate / echo.rate,
+        "issue_token_paced": paced.as_ref().map(|p| {
+            let mut v = run_json(p);
+            v["offered_rate"] = json!(args.rate);
+            v
+        }),
         "ratio_issue_to_raw_sign": issue.rate / sign,
         "broker_peak_rss_mb": peak_rss_kb / 1024, "broker_rss_mb": rss_kb / 1024,
         "store_mb": store_bytes / (1 << 20),
@@ -378,6 +487,12 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
                 println!("  the round with the median IssueToken p99:");
             }
             println!("{}", run_line("IssueToken", "tokens/s", issue));
+            if let Some(p) = &paced {
+                println!(
+                    "{}",
+                    run_line(&format!("  at {:.0}/s", args.rate), "tokens/s", p)
+                );
+            }
             println!("{}", run_line("echo (health)", "RPC/s", echo));
             println!("  raw EdDSA sign   {sign:>9.0} JWT/s per core");
             println!(
