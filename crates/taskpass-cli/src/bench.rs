@@ -74,6 +74,13 @@ fn cpu_ns(pid: &str) -> u64 {
         .sum()
 }
 
+/// One RPC against the broker: true when it succeeded.
+type Call = Arc<
+    dyn Fn(Channel) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// How calls are started.
 #[derive(Debug, Clone, Copy)]
 enum Load {
@@ -94,7 +101,7 @@ where
     F: Fn(Channel) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send + 'static,
 {
-    let call = Arc::new(call);
+    let call: Call = Arc::new(move |ch| Box::pin(call(ch)));
     let errors = Arc::new(AtomicU64::new(0));
     let broker_pid = broker_pid.to_string();
     let cpu_before = (cpu_ns(&broker_pid), cpu_ns("self"));
@@ -137,17 +144,13 @@ where
 }
 
 /// Latencies in microseconds, one per call.
-async fn closed_loop<F, Fut>(
+async fn closed_loop(
     channels: &[Channel],
     concurrency: usize,
     n: u64,
-    call: &Arc<F>,
+    call: &Call,
     errors: &Arc<AtomicU64>,
-) -> Vec<u32>
-where
-    F: Fn(Channel) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send + 'static,
-{
+) -> Vec<u32> {
     let next = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::with_capacity(concurrency);
     for w in 0..concurrency.max(1) {
@@ -173,17 +176,13 @@ where
 }
 
 /// Latencies in microseconds from each call's scheduled start, one per call.
-async fn open_loop<F, Fut>(
+async fn open_loop(
     channels: &[Channel],
     concurrency: usize,
     (n, rate): (u64, f64),
-    call: &Arc<F>,
+    call: &Call,
     errors: &Arc<AtomicU64>,
-) -> Vec<u32>
-where
-    F: Fn(Channel) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send + 'static,
-{
+) -> Vec<u32> {
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let start = tokio::time::Instant::now();
     let mut calls = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
