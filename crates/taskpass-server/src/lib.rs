@@ -34,3 +34,4 @@ pub use error::ApiError;
 pub use keys::{KeyRing, MAX_TOKEN_BYTES};
 pub use pki::{BrokerPki, PkiError, files, issue_operator, load_issuer, operator_uri, write_file};
 pub use serve::{GRACE, MAX_MESSAGE_BYTES, RunningBroker, launch, serve};
+pub use tls::GrpcStream;

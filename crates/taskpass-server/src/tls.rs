@@ -138,10 +138,11 @@ pub fn incoming(
 /// of queueing it beside the buffer, and a queued frame is what makes h2 flush before it can
 /// take the next one. So the responses of one grouped commit leave in one TLS record and one
 /// `writev` per connection rather than one or two each; larger frames are still chained.
+/// Generic so that a client (the load tool) can wrap its own TLS stream the same way.
 #[derive(Debug)]
-pub struct GrpcStream(TlsStream<TcpStream>);
+pub struct GrpcStream<S = TlsStream<TcpStream>>(pub S);
 
-impl tokio::io::AsyncRead for GrpcStream {
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for GrpcStream<S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -151,7 +152,7 @@ impl tokio::io::AsyncRead for GrpcStream {
     }
 }
 
-impl tokio::io::AsyncWrite for GrpcStream {
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for GrpcStream<S> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
