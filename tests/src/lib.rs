@@ -108,6 +108,52 @@ pub async fn audit_len(
         .entries)
 }
 
+/// The number of audit entries that are not refusal tallies (to show that refused calls
+/// wrote nothing else).
+pub async fn audit_len_without_tallies(
+    admin: &mut pb::admin_service_client::AdminServiceClient<Channel>,
+) -> anyhow::Result<u64> {
+    let all = admin
+        .tail_audit(pb::TailAuditRequest { limit: 10_000 })
+        .await?
+        .into_inner()
+        .entries;
+    Ok(all.iter().filter(|e| !is_tally(e)).count() as u64)
+}
+
+/// Whether an audit entry is the refusal tally's count of refusals.
+pub fn is_tally(e: &pb::AuditEntry) -> bool {
+    e.outcome == "deny" && e.detail.starts_with("count=")
+}
+
+/// Waits (up to 10 s) for the refusal tally to be written and returns the audit tail.
+pub async fn tallied(
+    admin: &mut pb::admin_service_client::AdminServiceClient<Channel>,
+    what: impl Fn(&pb::AuditEntry) -> bool,
+) -> anyhow::Result<Vec<pb::AuditEntry>> {
+    for _ in 0..100 {
+        let tail = admin
+            .tail_audit(pb::TailAuditRequest { limit: 10_000 })
+            .await?
+            .into_inner()
+            .entries;
+        if tail.iter().any(|e| is_tally(e) && what(e)) {
+            return Ok(tail);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("no refusal tally entry appeared in the audit log within 10 s")
+}
+
+/// The count a refusal tally entry holds.
+pub fn tally_count(e: &pb::AuditEntry) -> u64 {
+    e.detail
+        .strip_prefix("count=")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A started test world: a loopback OIDC issuer, a real `taskpassd` trusting it, and one
 /// client of each kind.
 #[derive(Debug)]

@@ -58,7 +58,8 @@ fn with_header(issuer: &DevIssuer, name: &str, value: Value) -> String {
     })
 }
 
-/// What a refused attestation must not change: the audit log's length and the task list.
+/// What a refused attestation must not change: the audit log (but for the refusal tally's
+/// own entries, which count refusals) and the task list.
 async fn snapshot(admin: &mut AdminClient) -> (u64, Vec<pb::Task>) {
     let tasks = admin
         .list_tasks(pb::ListTasksRequest {
@@ -69,7 +70,7 @@ async fn snapshot(admin: &mut AdminClient) -> (u64, Vec<pb::Task>) {
         .unwrap()
         .into_inner()
         .tasks;
-    (audit_len(admin).await.unwrap(), tasks)
+    (audit_len_without_tallies(admin).await.unwrap(), tasks)
 }
 
 fn token_of(attestation: Option<&pb::Attestation>) -> &str {
@@ -460,6 +461,18 @@ async fn every_bad_attestation_is_refused_and_changes_nothing() {
         "refused attestations wrote audit entries"
     );
     assert_eq!(after.1, before.1, "refused attestations changed tasks");
+    // ... and they are audited in aggregate, under the caller's address.
+    let tail = tallied(&mut admin, |e| {
+        e.actor == "source:127.0.0.1" && e.reason == "attestation_refused"
+    })
+    .await
+    .unwrap();
+    let refused: u64 = tail
+        .iter()
+        .filter(|e| is_tally(e) && e.actor == "source:127.0.0.1")
+        .map(tally_count)
+        .sum();
+    assert!(refused >= 10, "refusals counted: {refused} in {tail:?}");
     // The real task is untouched and still issues.
     issue(&mut agent, &issuer, SUB, &task_id).await.unwrap();
     assert_audit_verifies(&mut admin).await;

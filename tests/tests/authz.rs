@@ -380,22 +380,35 @@ async fn another_agents_task_is_not_found() {
         .into_inner()
         .tokens;
     assert_eq!(tokens.len(), 1, "B obtained no token for A's task");
-    // The probes are decisions too: denied, audited, attributed to agent B.
-    let tail = admin
-        .tail_audit(pb::TailAuditRequest { limit: 100 })
-        .await
-        .unwrap()
-        .into_inner()
-        .entries;
-    let probes = tail
-        .iter()
-        .filter(|e| {
-            e.outcome == "deny"
-                && e.actor == "spiffe://example.org/agent/iso-b"
-                && e.task_id == task.task_id
-        })
-        .count();
-    assert!(probes >= 2, "B's probes of A's task are audited: {tail:?}");
+    // The probes are decisions too: denied and audited, attributed to agent B, in the
+    // refusal tally (one entry per action and rule, with a count) at its next interval.
+    let mut probes = 0;
+    let mut tail = Vec::new();
+    for _ in 0..100 {
+        tail = admin
+            .tail_audit(pb::TailAuditRequest { limit: 100 })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        probes = tail
+            .iter()
+            .filter(|e| {
+                e.outcome == "deny"
+                    && e.actor == "spiffe://example.org/agent/iso-b"
+                    && e.reason == "task_not_found"
+                    && e.detail.starts_with("count=")
+            })
+            .count();
+        if probes >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        probes, 3,
+        "B's probes (get, issue, complete) are audited: {tail:?}"
+    );
     assert_audit_verifies(&mut admin).await;
 }
 
@@ -659,6 +672,25 @@ async fn suspend_resume_offboard() {
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    // GetTask and CompleteTask of a suspended agent: FAILED_PRECONDITION too (SPEC, Errors).
+    let s = agent
+        .get_task(pb::GetTaskRequest {
+            attestation: att(&issuer, "sub-a"),
+            task_id: task.task_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert!(s.message().contains("suspended"), "{s:?}");
+    let s = agent
+        .complete_task(pb::CompleteTaskRequest {
+            attestation: att(&issuer, "sub-a"),
+            task_id: task.task_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert!(s.message().contains("suspended"), "{s:?}");
 
     // Resume: tasks start again (the revoked one stays revoked).
     let r = set_state(&mut admin, "life-a", pb::AgentState::Active)

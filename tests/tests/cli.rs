@@ -362,3 +362,106 @@ async fn operator_roles_are_permission_bundles() {
     let refused = as_op("mallory", &["agent", "list"]);
     assert!(!refused.status.success());
 }
+
+/// Hostile request strings reach the audit log only canonical or escaped: ids that are not
+/// canonical ULIDs are refused (they would alias a real task), and `audit tail` prints no
+/// control character, so it cannot be made to clear the screen or print a forged line.
+#[tokio::test]
+async fn audit_holds_canonical_ids_and_tail_prints_no_escapes() {
+    let Env {
+        issuer,
+        broker,
+        mut admin,
+        mut agent,
+        ..
+    } = Env::start().await.unwrap();
+    register(&mut admin, &issuer, "esc-bot", "sub-esc")
+        .await
+        .unwrap();
+    let task = start(&mut agent, &issuer, "sub-esc", &["read"])
+        .await
+        .unwrap();
+    let rest = &task.task_id["task_".len()..];
+    // Under the 64-byte id limit, so that it is refused as malformed, not as too long.
+    let forged = "task_\u{1b}[2J\u{1b}[H\n#1 0 allow issue_token x reason=forged";
+    for alias in [
+        format!("task_{}", rest.to_lowercase()),
+        format!("task_{}", rest.replacen('0', "O", 1)),
+        format!("task_{}{}", char::from(rest.as_bytes()[0] + 8), &rest[1..]),
+        forged.to_owned(),
+    ] {
+        for code in [
+            agent
+                .get_task(taskpass_proto::v1::GetTaskRequest {
+                    attestation: att(&issuer, "sub-esc"),
+                    task_id: alias.clone(),
+                })
+                .await
+                .unwrap_err()
+                .code(),
+            issue(&mut agent, &issuer, "sub-esc", &alias)
+                .await
+                .unwrap_err()
+                .code(),
+        ] {
+            assert_eq!(code, tonic::Code::InvalidArgument, "{alias:?}");
+        }
+    }
+    // The real id still works; its aliases changed nothing.
+    issue(&mut agent, &issuer, "sub-esc", &task.task_id)
+        .await
+        .unwrap();
+    let tail = tallied(&mut admin, |e| e.reason == "malformed_request")
+        .await
+        .unwrap();
+    for e in &tail {
+        assert!(
+            e.task_id.is_empty() || e.task_id == task.task_id,
+            "only canonical ids are stored: {e:?}"
+        );
+    }
+    let out = taskpass(broker.data_dir(), &["audit", "tail"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("malformed_request"), "{text}");
+    for line in text.lines() {
+        assert!(
+            line.starts_with('#'),
+            "a line that is not an entry: {line:?}"
+        );
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+    }
+    assert!(!text.contains("reason=forged\n"), "{text}");
+}
+
+#[test]
+fn soak_reports_memory_and_store_size() {
+    // A short soak: two samples of the series, every cycle answered.
+    let out = Command::new(workspace_bin("taskpass").unwrap())
+        .args([
+            "bench",
+            "--soak",
+            "21",
+            "--soak-rate",
+            "20",
+            "--concurrency",
+            "4",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let doc = json(&out);
+    let series = doc["series"].as_array().unwrap();
+    assert!(series.len() >= 2, "{doc}");
+    let last = series.last().unwrap();
+    assert!(last["broker_rss_mb"].as_f64().unwrap() > 1.0, "{doc}");
+    assert!(last["store_mb"].as_f64().unwrap() > 0.0, "{doc}");
+    assert!(last["tasks"].as_u64().unwrap() >= 100, "{doc}");
+    assert_eq!(last["errors"], 0, "{doc}");
+    assert!(last["revoked"].as_u64().unwrap() > 0, "{doc}");
+    assert!(
+        last["tokens"].as_u64().unwrap() >= 3 * last["completed"].as_u64().unwrap(),
+        "{doc}"
+    );
+}

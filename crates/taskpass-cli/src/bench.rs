@@ -46,6 +46,15 @@ pub struct BenchArgs {
     /// measures the most the broker can do. 0 (the default) skips it.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// Instead of the benchmarks, run a steady paced load for this many seconds (tasks
+    /// started, tokens issued, tasks completed or revoked by an operator) and print the
+    /// broker's memory and the store's size every 10 s. 0 (the default) runs the benchmarks.
+    #[arg(long, default_value_t = 0)]
+    pub soak: u64,
+    /// Task cycles per second in the soak (each: StartTask, 3 IssueToken, CompleteTask or an
+    /// operator's RevokeTask), spread over --concurrency workers.
+    #[arg(long, default_value_t = 100.0)]
+    pub soak_rate: f64,
 }
 
 struct Run {
@@ -281,7 +290,7 @@ fn raw_signing_rate(seconds: f64) -> anyhow::Result<f64> {
                 revoked_at: None,
             };
             let claims = AccessClaims::for_record("https://bench", &record, None);
-            std::hint::black_box(keys.sign(&claims));
+            let _ = std::hint::black_box(keys.sign(&claims));
             n += 1;
         }
     }
@@ -293,7 +302,7 @@ fn ulid_now() -> ulid::Ulid {
     ulid::Ulid::new()
 }
 
-fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+pub(crate) fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     text.lines()
         .find(|l| l.starts_with(field))?
@@ -336,6 +345,9 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
         args.rate.is_finite() && args.rate >= 0.0,
         "--rate must be a number of calls per second, or 0 to skip the paced run"
     );
+    if args.soak > 0 {
+        return crate::soak::run(args.soak, args.soak_rate, args.concurrency, output).await;
+    }
     let issuer = DevIssuer::start().await?;
     let broker = TestBroker::start_with(&issuer, "[tokens]\nmax_task_seconds = 86400\n").await?;
     let pid = broker.pid().context("broker has no pid")?;

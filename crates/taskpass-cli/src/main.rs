@@ -6,6 +6,7 @@ mod commands;
 mod conn;
 mod demo;
 mod output;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

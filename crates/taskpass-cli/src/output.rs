@@ -6,9 +6,36 @@ use taskpass_proto::v1 as pb;
 /// The message for a failed command: the gRPC code and the broker's message, or the chain.
 pub fn error_text(e: &anyhow::Error) -> String {
     if let Some(s) = e.downcast_ref::<tonic::Status>() {
-        return format!("{}: {}", code_name(s.code()), s.message());
+        return format!("{}: {}", code_name(s.code()), safe(s.message()));
     }
-    format!("{e:#}")
+    safe(&format!("{e:#}")).into_owned()
+}
+
+/// A value from the broker made safe for a terminal: control characters (newlines, escape
+/// sequences) and the invisible Unicode controls that reorder text are shown as `\u{..}`,
+/// so no field can forge a line or move the cursor.
+pub fn safe(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Joins values made safe.
+fn joined(items: &[String]) -> String {
+    items.iter().map(|i| safe(i)).collect::<Vec<_>>().join(",")
 }
 
 fn code_name(c: tonic::Code) -> String {
@@ -84,23 +111,23 @@ pub fn audit(e: &pb::AuditEntry) -> Value {
 pub fn agent_line(a: &pb::Agent) -> String {
     format!(
         "{:<24} {:<10} owner={} audiences=[{}] scopes=[{}]",
-        a.name,
+        safe(&a.name),
         agent_state(a.state),
-        a.owner,
-        a.audiences.join(","),
-        a.scopes.join(",")
+        safe(&a.owner),
+        joined(&a.audiences),
+        joined(&a.scopes)
     )
 }
 
 pub fn task_line(t: &pb::Task) -> String {
     format!(
         "{}  {:<10} {}  expires_at={}  aud=[{}] scopes=[{}]  {:?}",
-        t.task_id,
+        safe(&t.task_id),
         task_state(t.state),
-        t.agent_id,
+        safe(&t.agent_id),
         t.expires_at,
-        t.audiences.join(","),
-        t.scopes.join(","),
+        joined(&t.audiences),
+        joined(&t.scopes),
         t.purpose
     )
 }
@@ -108,10 +135,10 @@ pub fn task_line(t: &pb::Task) -> String {
 pub fn token_line(t: &pb::TokenInfo) -> String {
     format!(
         "{}  {}  aud={} scopes=[{}] exp={}{}",
-        t.token_id,
-        t.task_id,
-        t.audience,
-        t.scopes.join(","),
+        safe(&t.token_id),
+        safe(&t.task_id),
+        safe(&t.audience),
+        joined(&t.scopes),
         t.expires_at,
         if t.revoked { "  REVOKED" } else { "" }
     )
@@ -120,7 +147,11 @@ pub fn token_line(t: &pb::TokenInfo) -> String {
 pub fn audit_line(e: &pb::AuditEntry) -> String {
     let mut s = format!(
         "#{:<6} {} {:<5} {:<16} {}",
-        e.sequence, e.time, e.outcome, e.action, e.actor
+        e.sequence,
+        e.time,
+        safe(&e.outcome),
+        safe(&e.action),
+        safe(&e.actor)
     );
     for (k, v) in [
         ("task", &e.task_id),
@@ -129,8 +160,31 @@ pub fn audit_line(e: &pb::AuditEntry) -> String {
         ("detail", &e.detail),
     ] {
         if !v.is_empty() {
-            s.push_str(&format!(" {k}={v}"));
+            s.push_str(&format!(" {k}={}", safe(v)));
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_cannot_forge_lines_or_move_the_cursor() {
+        let e = pb::AuditEntry {
+            sequence: 7,
+            actor: "spiffe://x/agent/a".into(),
+            action: "get_task".into(),
+            outcome: "deny".into(),
+            reason: "task_not_found".into(),
+            detail: "example=\u{1b}[2J\n#8      1 allow issue_token forged\u{202e}txt".into(),
+            ..Default::default()
+        };
+        let line = audit_line(&e);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(!line.contains('\u{202e}'), "{line:?}");
+        assert!(line.contains("\\u{1b}[2J\\u{a}#8"), "{line:?}");
+        assert_eq!(safe("plain text"), "plain text");
+    }
 }

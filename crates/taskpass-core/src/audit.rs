@@ -93,8 +93,9 @@ impl AuditEntry {
         }
     }
 
-    /// The hash this entry should have given its `prev_hash` and contents.
-    pub fn compute_hash(&self) -> String {
+    /// The hash this entry should have given its `prev_hash` and contents. Fails only if the
+    /// contents cannot be serialised, which is then an error, never the hash of nothing.
+    pub fn compute_hash(&self) -> Result<String, serde_json::Error> {
         let body = Body {
             sequence: self.sequence,
             time: self.time,
@@ -107,20 +108,19 @@ impl AuditEntry {
             token_id: &self.token_id,
             detail: &self.detail,
         };
-        // Serialising a struct of strings and integers cannot fail.
-        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let json = serde_json::to_vec(&body)?;
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         ctx.update(self.prev_hash.as_bytes());
         ctx.update(&json);
-        hex(ctx.finish().as_ref())
+        Ok(hex(ctx.finish().as_ref()))
     }
 
     /// Links this entry after one whose hash is `prev_hash` at position `sequence`, and seals it.
-    pub fn seal(mut self, sequence: u64, prev_hash: &str) -> Self {
+    pub fn seal(mut self, sequence: u64, prev_hash: &str) -> Result<Self, serde_json::Error> {
         self.sequence = sequence;
         self.prev_hash = prev_hash.to_owned();
-        self.hash = self.compute_hash();
-        self
+        self.hash = self.compute_hash()?;
+        Ok(self)
     }
 }
 
@@ -153,11 +153,20 @@ pub fn verify_chain<'a>(
                 problem: "prev_hash does not match the previous entry's hash".into(),
             });
         }
-        if e.compute_hash() != e.hash {
-            return Err(ChainProblem {
-                sequence: e.sequence,
-                problem: "hash does not match the entry's contents".into(),
-            });
+        match e.compute_hash() {
+            Ok(h) if h == e.hash => {}
+            Ok(_) => {
+                return Err(ChainProblem {
+                    sequence: e.sequence,
+                    problem: "hash does not match the entry's contents".into(),
+                });
+            }
+            Err(err) => {
+                return Err(ChainProblem {
+                    sequence: e.sequence,
+                    problem: format!("entry cannot be serialised to be hashed: {err}"),
+                });
+            }
         }
         prev_hash = e.hash.clone();
     }
@@ -186,7 +195,7 @@ mod tests {
         let mut prev = GENESIS_HASH.to_owned();
         (1..=n)
             .map(|i| {
-                let e = entry(&format!("act{i}")).seal(i, &prev);
+                let e = entry(&format!("act{i}")).seal(i, &prev).unwrap();
                 prev = e.hash.clone();
                 e
             })
@@ -222,10 +231,10 @@ mod tests {
 
         let mut c = chain(5);
         c[4].outcome = AuditOutcome::Deny;
-        c[4].hash = c[4].compute_hash(); // re-sealed alone: still fine, it is the head
+        c[4].hash = c[4].compute_hash().unwrap(); // re-sealed alone: still fine, it is the head
         assert!(verify_chain(&c, GENESIS_HASH.into(), 1).is_ok());
         c[3].reason = "x".into();
-        c[3].hash = c[3].compute_hash(); // re-sealed in the middle: the next link breaks
+        c[3].hash = c[3].compute_hash().unwrap(); // re-sealed in the middle: the next link breaks
         assert_eq!(
             verify_chain(&c, GENESIS_HASH.into(), 1)
                 .unwrap_err()

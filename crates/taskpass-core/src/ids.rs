@@ -145,13 +145,24 @@ macro_rules! ulid_id {
             /// Parses the text form.
             pub fn parse(s: &str) -> Result<Self, ParseError> {
                 check_len($what, s, 64)?;
+                // Only the canonical spelling: the ULID decoder also takes lowercase and
+                // Crockford's aliases, and drops the high bits of an overflowing first
+                // character, so several strings would name one id (and one record).
                 s.strip_prefix($prefix)
-                    .and_then(|rest| ulid::Ulid::from_string(rest).ok())
+                    .and_then(|rest| {
+                        ulid::Ulid::from_string(rest)
+                            .ok()
+                            .filter(|u| u.to_string() == rest)
+                    })
                     .map(Self)
                     .ok_or_else(|| ParseError::Invalid {
                         what: $what,
                         value: shown(s),
-                        why: concat!("expected '", $prefix, "' followed by a ULID"),
+                        why: concat!(
+                            "expected '",
+                            $prefix,
+                            "' followed by a ULID in its canonical form (26 characters, digits and uppercase letters)"
+                        ),
                     })
             }
 
@@ -216,5 +227,23 @@ mod tests {
         assert!(TaskId::parse("tok_01HXXXXXXXXXXXXXXXXXXXXXXX").is_err());
         assert!(TaskId::parse("task_nope").is_err());
         assert!(TokenId::parse(&"tok_".repeat(40)).is_err());
+    }
+
+    #[test]
+    fn only_canonical_ulids_parse() {
+        let t = TaskId::from_ulid(ulid::Ulid::from_parts(1_700_000_000_000, 7));
+        let s = t.to_string();
+        let rest = &s["task_".len()..];
+        // Lowercase, Crockford aliases and an overflowing first character all decode to
+        // some ULID; none of them is the canonical spelling.
+        assert!(TaskId::parse(&format!("task_{}", rest.to_lowercase())).is_err());
+        let aliased = format!("task_{}", rest.replacen('0', "O", 1));
+        assert!(TaskId::parse(&aliased).is_err(), "{aliased}");
+        let overflow = format!("task_8{}", &rest[1..]);
+        assert!(TaskId::parse(&overflow).is_err(), "{overflow}");
+        let overflow = format!("task_Z{}", &rest[1..]);
+        assert!(TaskId::parse(&overflow).is_err(), "{overflow}");
+        assert!(TaskId::parse(&format!("{s}\n")).is_err());
+        assert_eq!(TaskId::parse(&s).unwrap(), t);
     }
 }

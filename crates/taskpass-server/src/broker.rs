@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use taskpass_attest::{AttestationMethod, Attestor, Evidence};
+use taskpass_attest::{AttestError, AttestationMethod, Attestor, Evidence};
 use taskpass_core::{
     AccessClaims, Agent, AgentState, Audience, AuditEntry, AuditOutcome, Clock, IssueRequest,
     Limits, Purpose, ScopeSet, StartRequest, Task, TaskId, TaskState, TokenId, TokenRecord,
@@ -15,6 +15,7 @@ use taskpass_store::{EndTask, Store};
 use crate::error::ApiError;
 use crate::keys::{KeyRing, MAX_TOKEN_BYTES};
 use crate::metrics::Metrics;
+use crate::refusals::{Refusal, Refusals};
 
 /// The largest attestation token accepted.
 pub const MAX_ATTESTATION_BYTES: usize = 16 * 1024;
@@ -35,6 +36,129 @@ pub struct Broker {
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
     /// Per-agent request rate limit.
     pub(crate) rate: Option<crate::ratelimit::RateLimiter>,
+    /// Refusals that follow from bad input, audited in aggregate.
+    pub(crate) refusals: Arc<Refusals>,
+    /// What clients hold open: connections and revocation streams.
+    pub(crate) conns: Connections,
+}
+
+/// The caps on what clients hold open.
+#[derive(Debug)]
+pub(crate) struct Connections {
+    /// gRPC connections.
+    pub(crate) grpc: Arc<crate::conn::Admission>,
+    /// HTTPS connections.
+    pub(crate) https: Arc<crate::conn::Admission>,
+    /// WatchRevocations streams.
+    pub(crate) watches: Arc<WatchSlots>,
+}
+
+/// Live WatchRevocations streams: at most `total`, at most `per_connection` on one.
+#[derive(Debug)]
+pub(crate) struct WatchSlots {
+    total: usize,
+    per_connection: usize,
+    live: std::sync::atomic::AtomicUsize,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+/// One live stream's place, given back when the stream ends.
+#[derive(Debug)]
+pub(crate) struct WatchSlot {
+    slots: Arc<WatchSlots>,
+    conn: Option<Arc<crate::conn::ConnState>>,
+}
+
+impl WatchSlots {
+    pub(crate) fn new(total: u32, per_connection: u32) -> Arc<Self> {
+        Arc::new(Self {
+            total: usize::try_from(total).unwrap_or(usize::MAX),
+            per_connection: usize::try_from(per_connection).unwrap_or(usize::MAX),
+            live: std::sync::atomic::AtomicUsize::new(0),
+            refused: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// A place for one more stream on `conn`, or why not.
+    pub(crate) fn take(
+        self: &Arc<Self>,
+        conn: Option<Arc<crate::conn::ConnState>>,
+    ) -> Result<WatchSlot, ApiError> {
+        use std::sync::atomic::Ordering;
+        let refuse = |msg: String| {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            Err(ApiError::ResourceExhausted(msg))
+        };
+        if self.live.fetch_add(1, Ordering::AcqRel) >= self.total {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            return refuse(format!(
+                "the broker serves at most {} revocation streams (limits.watch_subscribers): retry later",
+                self.total
+            ));
+        }
+        if let Some(c) = &conn
+            && c.watches.fetch_add(1, Ordering::AcqRel) >= self.per_connection
+        {
+            c.watches.fetch_sub(1, Ordering::AcqRel);
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            return refuse(format!(
+                "at most {} revocation streams per connection (limits.watch_subscribers_per_connection): one stream is enough for a validator",
+                self.per_connection
+            ));
+        }
+        Ok(WatchSlot {
+            slots: Arc::clone(self),
+            conn,
+        })
+    }
+
+    /// Streams live now.
+    pub(crate) fn live(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Streams refused since start.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        if let Some(c) = &self.conn {
+            c.watches.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.slots.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Who is calling, as the connection shows it.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// The peer's address.
+    pub addr: Option<std::net::SocketAddr>,
+}
+
+impl Caller {
+    /// The audit actor of a caller not yet identified: its source address (without the
+    /// port, so that one client's connections count together).
+    fn source(&self) -> String {
+        match self.addr {
+            Some(a) => format!("source:{}", a.ip()),
+            None => "source:unknown".into(),
+        }
+    }
+}
+
+/// The stable rule of an error that follows from bad input.
+fn input_rule(e: &ApiError) -> &'static str {
+    match e {
+        ApiError::NotFound(_) => "task_not_found",
+        ApiError::ResourceExhausted(_) => "request_too_large",
+        ApiError::FailedPrecondition(_) => "task_not_open",
+        _ => "malformed_request",
+    }
 }
 
 pub(crate) fn task_to_pb(t: &Task, now: i64) -> pb::Task {
@@ -90,75 +214,156 @@ impl Broker {
         self.clock.now()
     }
 
-    /// Verifies the attestation and finds the one agent it proves. Changes nothing.
-    pub async fn authenticate(&self, att: Option<&pb::Attestation>) -> Result<Agent, ApiError> {
+    /// Verifies the attestation and finds the one agent it proves. Writes nothing; a refusal
+    /// is counted in the refusal tally under the caller's source address.
+    pub async fn authenticate(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        att: Option<&pb::Attestation>,
+    ) -> Result<Agent, ApiError> {
+        match self.attest(att).await {
+            Ok(agent) => {
+                tracing::Span::current().record("agent_id", agent.id.as_str());
+                Ok(agent)
+            }
+            Err((rule, e)) => {
+                self.refusals.record(
+                    Refusal {
+                        actor: &caller.source(),
+                        agent_id: "",
+                        action,
+                        rule,
+                        task_id: "",
+                        message: &e.to_string(),
+                    },
+                    self.now(),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    async fn attest(
+        &self,
+        att: Option<&pb::Attestation>,
+    ) -> Result<Agent, (&'static str, ApiError)> {
         use pb::attestation::Method;
+        let refused = |e| ("attestation_refused", e);
         let token = match att.and_then(|a| a.method.as_ref()) {
             None => {
-                return Err(ApiError::Unauthenticated(
+                return Err(refused(ApiError::Unauthenticated(
                     "attestation is missing: send attestation.oidc_token with your platform's OIDC token".into(),
-                ));
+                )));
             }
             Some(Method::Mtls(_)) => {
-                return Err(ApiError::Unauthenticated(
+                return Err(refused(ApiError::Unauthenticated(
                     "mTLS attestation is not enabled on this broker: attest with an OIDC token"
                         .into(),
-                ));
+                )));
             }
             Some(Method::OidcToken(t)) => t,
         };
         if token.len() > MAX_ATTESTATION_BYTES {
-            return Err(ApiError::ResourceExhausted(format!(
+            return Err(refused(ApiError::ResourceExhausted(format!(
                 "attestation token is larger than {MAX_ATTESTATION_BYTES} bytes"
-            )));
+            ))));
         }
         let identity = self
             .attestor
             .attest(&Evidence::OidcToken(token))
             .await
             .map_err(|e| {
-                tracing::info!(reason = e.reason(), "attestation refused");
-                if e.reason() == "keys_unavailable" {
-                    // The broker cannot check it right now; the token may well be good.
-                    ApiError::Unavailable(format!("attestation cannot be checked now: {e}"))
-                } else {
-                    ApiError::Unauthenticated(format!("attestation refused: {e}"))
-                }
+                tracing::info!(reason = e.reason(), error = %e, "attestation refused");
+                refused(match e {
+                    // The broker cannot check it right now; the token may well be good. What
+                    // failed (URLs, TLS) is for the operator's log, not for the caller.
+                    AttestError::KeysUnavailable { issuer, .. } => ApiError::Unavailable(format!(
+                        "attestation cannot be checked now: the keys of issuer {issuer} cannot be obtained; retry later"
+                    )),
+                    other => ApiError::Unauthenticated(format!("attestation refused: {other}")),
+                })
             })?;
         let (issuer, subject) = match &identity.method {
             AttestationMethod::Oidc { issuer, subject } => (issuer, subject),
             #[allow(unreachable_patterns, reason = "the enum is non_exhaustive")]
             _ => {
-                return Err(ApiError::Unauthenticated(
+                return Err(refused(ApiError::Unauthenticated(
                     "attestation method not supported".into(),
-                ));
+                )));
             }
         };
-        let agent = self.store.agent_by_oidc(issuer, subject).await?.ok_or_else(|| {
-            ApiError::Unauthenticated(format!(
-                "attested identity (issuer {issuer}, subject {subject}) matches no registered agent: an operator must register it"
-            ))
-        })?;
-        tracing::Span::current().record("agent_id", agent.id.as_str());
-        Ok(agent)
+        let agent = self
+            .store
+            .agent_by_oidc(issuer, subject)
+            .await
+            .map_err(|e| ("store_error", e.into()))?;
+        agent.ok_or_else(|| {
+            ("no_matching_agent", ApiError::Unauthenticated(format!(
+                "attested identity (issuer {issuer:?}, subject {subject:?}) matches no registered agent: an operator must register it"
+            )))
+        })
     }
 
-    /// Charges the agent's rate limit. Every agent call but CompleteTask is charged:
-    /// revocation must never be throttled.
-    fn charge(&self, agent: &Agent) -> Result<(), ApiError> {
-        match &self.rate {
-            Some(rate) => rate.check(agent.id.as_str()).map_err(|wait| {
-                ApiError::ResourceExhausted(format!(
-                    "agent {} is over its rate limit of {} requests per second: retry in {} ms",
-                    agent.name,
-                    rate.per_second(),
-                    wait.as_millis().max(1)
-                ))
-            }),
-            None => Ok(()),
+    /// Charges the agent's rate limit; every agent call is charged. Over it, the refusal is
+    /// counted, not written.
+    fn charge(&self, agent: &Agent, action: &'static str) -> Result<(), ApiError> {
+        let Some(rate) = &self.rate else {
+            return Ok(());
+        };
+        rate.check(agent.id.as_str()).map_err(|wait| {
+            let e = ApiError::ResourceExhausted(format!(
+                "agent {} is over its rate limit of {} requests per second: retry in {} ms",
+                agent.name,
+                rate.per_second(),
+                wait.as_millis().max(1)
+            ));
+            self.refuse(agent, action, "rate_limited", "", e)
+        })
+    }
+
+    /// Counts a refusal of an identified agent that follows from bad input, and returns it.
+    fn refuse(
+        &self,
+        agent: &Agent,
+        action: &'static str,
+        rule: &'static str,
+        task_id: &str,
+        err: ApiError,
+    ) -> ApiError {
+        self.refusals.record(
+            Refusal {
+                actor: agent.id.as_str(),
+                agent_id: agent.id.as_str(),
+                action,
+                rule,
+                task_id,
+                message: &err.to_string(),
+            },
+            self.now(),
+        );
+        err
+    }
+
+    /// Refuses a call of an agent that is not active (suspended): a policy decision, audited.
+    async fn require_active(
+        &self,
+        agent: &Agent,
+        action: &str,
+        task: &str,
+    ) -> Result<(), ApiError> {
+        if agent.state == AgentState::Active {
+            return Ok(());
         }
+        let err = ApiError::FailedPrecondition(format!(
+            "agent {} is {}: an operator must resume it (rule agent_not_active)",
+            agent.name,
+            agent.state.as_str()
+        ));
+        Err(self.deny(agent, action, task, err).await)
     }
 
+    /// Audits a policy decision against an identified agent, then returns it.
     async fn deny(&self, agent: &Agent, action: &str, task: &str, err: ApiError) -> ApiError {
         let mut a = AuditEntry::draft(self.now(), agent.id.as_str(), action);
         a.outcome = AuditOutcome::Deny;
@@ -171,6 +376,24 @@ impl Broker {
         err
     }
 
+    /// The canonical task id and the agent's own task, or the refusal (counted).
+    async fn load_own_task(
+        &self,
+        agent: &Agent,
+        action: &'static str,
+        raw: &str,
+    ) -> Result<Task, ApiError> {
+        let id =
+            parse_task_id(raw).map_err(|e| self.refuse(agent, action, input_rule(&e), "", e))?;
+        tracing::Span::current().record("task_id", id.to_string());
+        self.own_task(agent, &id).await.map_err(|e| match e {
+            ApiError::NotFound(_) => {
+                self.refuse(agent, action, "task_not_found", &id.to_string(), e)
+            }
+            other => other,
+        })
+    }
+
     /// Finds a task of this agent; another agent's task is NOT_FOUND too.
     async fn own_task(&self, agent: &Agent, id: &TaskId) -> Result<Task, ApiError> {
         self.store
@@ -181,9 +404,15 @@ impl Broker {
     }
 
     /// StartTask.
-    pub async fn start_task(&self, req: pb::StartTaskRequest) -> Result<pb::Task, ApiError> {
-        let agent = self.authenticate(req.attestation.as_ref()).await?;
-        self.charge(&agent)?;
+    pub async fn start_task(
+        &self,
+        caller: &Caller,
+        req: pb::StartTaskRequest,
+    ) -> Result<pb::Task, ApiError> {
+        let agent = self
+            .authenticate(caller, "start_task", req.attestation.as_ref())
+            .await?;
+        self.charge(&agent, "start_task")?;
         let parsed = (|| {
             Ok::<_, ApiError>(StartRequest {
                 purpose: Purpose::parse(&req.purpose).map_err(|e| ApiError::field("purpose", e))?,
@@ -196,7 +425,7 @@ impl Broker {
         })();
         let parsed = match parsed {
             Ok(p) => p,
-            Err(e) => return Err(self.deny(&agent, "start_task", "", e).await),
+            Err(e) => return Err(self.refuse(&agent, "start_task", input_rule(&e), "", e)),
         };
         let now = self.now();
         let grant = match decide_start_task(&agent, &parsed, now, &self.limits) {
@@ -243,15 +472,17 @@ impl Broker {
     /// IssueToken.
     pub async fn issue_token(
         &self,
+        caller: &Caller,
         req: pb::IssueTokenRequest,
     ) -> Result<pb::IssueTokenResponse, ApiError> {
-        let agent = self.authenticate(req.attestation.as_ref()).await?;
-        self.charge(&agent)?;
-        let task_id = match parse_task_id(&req.task_id) {
-            Ok(id) => id,
-            Err(e) => return Err(self.deny(&agent, "issue_token", "", e).await),
-        };
-        tracing::Span::current().record("task_id", req.task_id.as_str());
+        let agent = self
+            .authenticate(caller, "issue_token", req.attestation.as_ref())
+            .await?;
+        self.charge(&agent, "issue_token")?;
+        let task = self
+            .load_own_task(&agent, "issue_token", &req.task_id)
+            .await?;
+        let task_id = task.id.to_string();
         let parsed = (|| {
             Ok::<_, ApiError>(IssueRequest {
                 audience: Audience::parse(&req.audience)
@@ -262,19 +493,15 @@ impl Broker {
         })();
         let parsed = match parsed {
             Ok(p) => p,
-            Err(e) => return Err(self.deny(&agent, "issue_token", &req.task_id, e).await),
-        };
-        let task = match self.own_task(&agent, &task_id).await {
-            Ok(t) => t,
-            Err(e) => return Err(self.deny(&agent, "issue_token", &req.task_id, e).await),
+            Err(e) => {
+                return Err(self.refuse(&agent, "issue_token", input_rule(&e), &task_id, e));
+            }
         };
         let now = self.now();
         let grant = match decide_issue(&agent, &task, &parsed, now, &self.limits) {
             Ok(g) => g,
             Err(d) => {
-                return Err(self
-                    .deny(&agent, "issue_token", &req.task_id, d.into())
-                    .await);
+                return Err(self.deny(&agent, "issue_token", &task_id, d.into()).await);
             }
         };
         let record = TokenRecord {
@@ -288,11 +515,11 @@ impl Broker {
             revoked_at: None,
         };
         let claims = AccessClaims::for_record(&self.issuer, &record, task.on_behalf_of.as_deref());
-        let access_token = self.keys.sign(&claims);
+        let access_token = self.keys.sign(&claims)?;
         let mut a = AuditEntry::draft(now, agent.id.as_str(), "issue_token");
         a.reason = "task_grant".into();
         a.agent_id = agent.id.to_string();
-        a.task_id = req.task_id.clone();
+        a.task_id = task_id;
         a.token_id = record.id.to_string();
         a.detail = format!(
             "aud={} scopes={} exp={}",
@@ -314,20 +541,37 @@ impl Broker {
     /// CompleteTask.
     pub async fn complete_task(
         &self,
+        caller: &Caller,
         req: pb::CompleteTaskRequest,
     ) -> Result<pb::CompleteTaskResponse, ApiError> {
-        let agent = self.authenticate(req.attestation.as_ref()).await?;
-        let task_id = parse_task_id(&req.task_id)?;
-        tracing::Span::current().record("task_id", req.task_id.as_str());
+        let agent = self
+            .authenticate(caller, "complete_task", req.attestation.as_ref())
+            .await?;
+        self.charge(&agent, "complete_task")?;
+        // Read first, so that an unknown or closed task costs no write.
+        let task = self
+            .load_own_task(&agent, "complete_task", &req.task_id)
+            .await?;
+        let task_id = task.id.to_string();
+        self.require_active(&agent, "complete_task", &task_id)
+            .await?;
         let now = self.now();
+        let state = task.effective_state(now);
+        if state != TaskState::Open {
+            let e = ApiError::FailedPrecondition(format!(
+                "task {task_id} is {}: it cannot be completed",
+                state.as_str()
+            ));
+            return Err(self.refuse(&agent, "complete_task", "task_not_open", &task_id, e));
+        }
         let mut a = AuditEntry::draft(now, agent.id.as_str(), "complete_task");
         a.reason = "agent_completed".into();
         a.agent_id = agent.id.to_string();
-        a.task_id = req.task_id.clone();
+        a.task_id = task_id.clone();
         let ended = self
             .store
             .end_task(EndTask {
-                task: task_id,
+                task: task.id,
                 owner: Some(agent.id.clone()),
                 state: TaskState::Completed,
                 reason: "task_completed".into(),
@@ -348,17 +592,19 @@ impl Broker {
     }
 
     /// GetTask.
-    pub async fn get_task(&self, req: pb::GetTaskRequest) -> Result<pb::Task, ApiError> {
-        let agent = self.authenticate(req.attestation.as_ref()).await?;
-        self.charge(&agent)?;
-        let found = match parse_task_id(&req.task_id) {
-            Ok(id) => self.own_task(&agent, &id).await,
-            Err(e) => Err(e),
-        };
-        match found {
-            Ok(task) => Ok(task_to_pb(&task, self.now())),
-            Err(e) => Err(self.deny(&agent, "get_task", &req.task_id, e).await),
-        }
+    pub async fn get_task(
+        &self,
+        caller: &Caller,
+        req: pb::GetTaskRequest,
+    ) -> Result<pb::Task, ApiError> {
+        let agent = self
+            .authenticate(caller, "get_task", req.attestation.as_ref())
+            .await?;
+        self.charge(&agent, "get_task")?;
+        let task = self.load_own_task(&agent, "get_task", &req.task_id).await?;
+        self.require_active(&agent, "get_task", &task.id.to_string())
+            .await?;
+        Ok(task_to_pb(&task, self.now()))
     }
 
     /// Introspect: never an error for a bad token, only `active: false` with a reason.

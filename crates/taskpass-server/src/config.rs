@@ -66,16 +66,148 @@ pub struct AttestationSection {
     pub oidc: Vec<OidcIssuerConfig>,
 }
 
-/// The `[limits]` table: request rates, per agent.
+/// The `[limits]` table: what one client may hold or ask of the broker. Every key has a safe
+/// default; `docs/operations.md` lists them.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     /// Sustained agent calls per second, per agent (0 = no limit).
-    #[serde(default = "default_agent_rps")]
     pub agent_requests_per_second: u32,
     /// Calls an agent may make at once above the sustained rate.
-    #[serde(default = "default_agent_burst")]
     pub agent_burst: u32,
+    /// How often refusals that follow from bad input are written to the audit log, as one
+    /// entry per (caller, action, rule) with a count.
+    pub refusal_audit_interval_seconds: u32,
+    /// Distinct (caller, action, rule) keys counted per interval; more are counted together.
+    pub refusal_audit_keys: u32,
+    /// Open connections per listener (gRPC and HTTPS each), handshakes included.
+    pub max_connections: u32,
+    /// Open connections per listener from one client IP address.
+    pub max_connections_per_address: u32,
+    /// A TLS handshake must finish within this.
+    pub handshake_timeout_seconds: u32,
+    /// A gRPC connection with no call in flight for this long is closed.
+    pub idle_timeout_seconds: u32,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` on gRPC connections.
+    pub max_concurrent_streams: u32,
+    /// Largest request header list accepted on gRPC connections, bytes.
+    pub max_header_list_bytes: u32,
+    /// Streams a gRPC connection may reset by its errors before it is closed (hyper's
+    /// RUSTSEC-2024-0003 protection).
+    pub max_local_error_resets: u32,
+    /// Keepalive ping interval on gRPC connections.
+    pub keepalive_interval_seconds: u32,
+    /// A peer that does not answer a keepalive ping within this is dropped.
+    pub keepalive_timeout_seconds: u32,
+    /// Live WatchRevocations streams, in total.
+    pub watch_subscribers: u32,
+    /// Live WatchRevocations streams on one connection.
+    pub watch_subscribers_per_connection: u32,
+    /// How far (in events) a WatchRevocations stream may fall behind the live feed before
+    /// it is cut off with RESOURCE_EXHAUSTED, to resume from its cursor.
+    pub watch_lag_events: u32,
+    /// An HTTPS request's headers must arrive within this.
+    pub https_header_timeout_seconds: u32,
+    /// An HTTPS request must be answered within this.
+    pub https_request_timeout_seconds: u32,
+    /// An HTTPS connection with no request in flight for this long is closed.
+    pub https_idle_timeout_seconds: u32,
+    /// An HTTPS connection is closed (gracefully) at this age.
+    pub https_max_connection_age_seconds: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            agent_requests_per_second: 500,
+            agent_burst: 1000,
+            refusal_audit_interval_seconds: 5,
+            refusal_audit_keys: 10_000,
+            max_connections: 8192,
+            max_connections_per_address: 64,
+            handshake_timeout_seconds: 5,
+            idle_timeout_seconds: 300,
+            max_concurrent_streams: 256,
+            max_header_list_bytes: 16 * 1024,
+            max_local_error_resets: 1024,
+            keepalive_interval_seconds: 30,
+            keepalive_timeout_seconds: 10,
+            watch_subscribers: 4096,
+            watch_subscribers_per_connection: 16,
+            watch_lag_events: 4096,
+            https_header_timeout_seconds: 5,
+            https_request_timeout_seconds: 10,
+            https_idle_timeout_seconds: 15,
+            https_max_connection_age_seconds: 300,
+        }
+    }
+}
+
+impl LimitsSection {
+    /// Every problem with the values.
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let mut at_least_1 = |name: &str, v: u32| {
+            if v == 0 {
+                p.push(format!("limits.{name} must be at least 1"));
+            }
+        };
+        at_least_1("refusal_audit_keys", self.refusal_audit_keys);
+        at_least_1("max_connections", self.max_connections);
+        at_least_1(
+            "max_connections_per_address",
+            self.max_connections_per_address,
+        );
+        at_least_1("handshake_timeout_seconds", self.handshake_timeout_seconds);
+        at_least_1("idle_timeout_seconds", self.idle_timeout_seconds);
+        at_least_1("max_concurrent_streams", self.max_concurrent_streams);
+        at_least_1("max_local_error_resets", self.max_local_error_resets);
+        at_least_1(
+            "keepalive_interval_seconds",
+            self.keepalive_interval_seconds,
+        );
+        at_least_1("keepalive_timeout_seconds", self.keepalive_timeout_seconds);
+        at_least_1("watch_subscribers", self.watch_subscribers);
+        at_least_1("watch_lag_events", self.watch_lag_events);
+        at_least_1(
+            "watch_subscribers_per_connection",
+            self.watch_subscribers_per_connection,
+        );
+        at_least_1(
+            "https_header_timeout_seconds",
+            self.https_header_timeout_seconds,
+        );
+        at_least_1(
+            "https_request_timeout_seconds",
+            self.https_request_timeout_seconds,
+        );
+        at_least_1(
+            "https_idle_timeout_seconds",
+            self.https_idle_timeout_seconds,
+        );
+        at_least_1(
+            "https_max_connection_age_seconds",
+            self.https_max_connection_age_seconds,
+        );
+        if !(1..=3600).contains(&self.refusal_audit_interval_seconds) {
+            p.push("limits.refusal_audit_interval_seconds must be between 1 and 3600".into());
+        }
+        if self.max_header_list_bytes < 1024 {
+            p.push("limits.max_header_list_bytes must be at least 1024".into());
+        }
+        if self.handshake_timeout_seconds > 60 {
+            p.push("limits.handshake_timeout_seconds is above 60: a handshake takes milliseconds; a long timeout only helps slow-handshake floods".into());
+        }
+        if self.max_connections_per_address > self.max_connections {
+            p.push(
+                "limits.max_connections_per_address is larger than limits.max_connections".into(),
+            );
+        }
+        if self.watch_subscribers_per_connection > self.max_concurrent_streams {
+            p.push("limits.watch_subscribers_per_connection is larger than limits.max_concurrent_streams".into());
+        }
+        p
+    }
 }
 
 /// The TOML file as written.
@@ -126,17 +258,8 @@ fn max_task() -> u32 {
 fn default_leeway() -> u32 {
     30
 }
-fn default_agent_rps() -> u32 {
-    500
-}
-fn default_agent_burst() -> u32 {
-    1000
-}
 fn default_limits() -> LimitsSection {
-    LimitsSection {
-        agent_requests_per_second: default_agent_rps(),
-        agent_burst: default_agent_burst(),
-    }
+    LimitsSection::default()
 }
 fn default_server() -> ServerSection {
     ServerSection {
@@ -189,6 +312,8 @@ pub struct Config {
     pub agent_rate: Option<(u32, u32)>,
     /// Extra names for the server certificate.
     pub server_names: Vec<String>,
+    /// The `[limits]` table as validated.
+    pub caps: LimitsSection,
 }
 
 /// Why a configuration was refused: every problem found.
@@ -253,6 +378,7 @@ impl ConfigFile {
                 ));
             }
         }
+        problems.extend(self.limits.problems());
         if self.attestation.leeway_seconds > 300 {
             problems.push("attestation.leeway_seconds is above 300: clocks that far apart need fixing, not tolerating".into());
         }
@@ -305,6 +431,7 @@ impl ConfigFile {
                     0 => None,
                     rps => Some((rps, self.limits.agent_burst.max(1))),
                 },
+                caps: self.limits,
             }),
             _ => Err(ConfigError(problems)),
         }
@@ -363,6 +490,12 @@ max_ttl_seconds = 900
             .unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
         assert!(ConfigFile::parse("[server]\nlisten_typo = 1").is_err());
+        assert!(ConfigFile::parse("[limits]\nmax_conections = 1").is_err());
+        let e = ConfigFile::parse("[limits]\nmax_connections = 0\nhandshake_timeout_seconds = 600")
+            .unwrap()
+            .validate(Path::new("/"))
+            .unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
         assert!(ConfigFile::parse("[server]\nlisten = \"nope\"").is_err());
     }
 

@@ -35,6 +35,9 @@ pub enum ApiError {
     /// A cursor or position past the end.
     #[error("{0}")]
     OutOfRange(String),
+    /// The call took longer than the broker allows.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// A dependency is down for now (an issuer's keys cannot be fetched): retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -57,6 +60,7 @@ impl ApiError {
             Self::Unimplemented(_) => Code::Unimplemented,
             Self::OutOfRange(_) => Code::OutOfRange,
             Self::Unavailable(_) => Code::Unavailable,
+            Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Internal(_) => Code::Internal,
         }
     }
@@ -93,8 +97,16 @@ impl From<StoreError> for ApiError {
                 Self::AlreadyExists(format!("{what} already exists"))
             }
             StoreError::Precondition(m) => Self::FailedPrecondition(m),
+            // "the store cannot write: …": the write was not made; retry once it recovers.
+            e @ StoreError::Unwritable(_) => Self::Unavailable(e.to_string()),
             other => Self::Internal(other.to_string()),
         }
+    }
+}
+
+impl From<serde_json::Error> for ApiError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Internal(format!("serialisation failed: {e}"))
     }
 }
 

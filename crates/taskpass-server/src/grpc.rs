@@ -14,8 +14,12 @@ use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
 use crate::admin::operator_from_certs;
-use crate::broker::Broker;
+use crate::broker::{Broker, Caller};
 use crate::error::ApiError;
+
+/// The longest a call may take before it is answered DEADLINE_EXCEEDED (a stream's
+/// setup, not its life).
+const RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One service struct implements all three tonic service traits.
 #[derive(Debug, Clone)]
@@ -41,7 +45,13 @@ impl Services {
             agent_id = tracing::field::Empty,
             task_id = tracing::field::Empty
         );
-        let r = fut.instrument(span.clone()).await;
+        let r = match tokio::time::timeout(RPC_TIMEOUT, fut.instrument(span.clone())).await {
+            Ok(r) => r,
+            Err(_) => Err(ApiError::DeadlineExceeded(format!(
+                "the broker did not answer within {} s: retry",
+                RPC_TIMEOUT.as_secs()
+            ))),
+        };
         let code = match &r {
             Ok(_) => Code::Ok,
             Err(e) => e.code(),
@@ -51,6 +61,12 @@ impl Services {
             span.in_scope(|| tracing::info!(code = ?code, error = %e, "rpc failed"));
         }
         r.map(Response::new).map_err(Status::from)
+    }
+
+    fn caller<T>(req: &Request<T>) -> Caller {
+        Caller {
+            addr: req.remote_addr(),
+        }
     }
 
     fn operator<T>(&self, req: &Request<T>) -> Result<taskpass_core::Operator, ApiError> {
@@ -65,9 +81,10 @@ impl pb::agent_service_server::AgentService for Services {
         req: Request<pb::StartTaskRequest>,
     ) -> Result<Response<pb::StartTaskResponse>, Status> {
         let b = &self.broker;
+        let caller = Self::caller(&req);
         self.run("StartTask", async {
             Ok(pb::StartTaskResponse {
-                task: Some(b.start_task(req.into_inner()).await?),
+                task: Some(b.start_task(&caller, req.into_inner()).await?),
             })
         })
         .await
@@ -77,16 +94,24 @@ impl pb::agent_service_server::AgentService for Services {
         &self,
         req: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
-        self.run("IssueToken", self.broker.issue_token(req.into_inner()))
-            .await
+        let caller = Self::caller(&req);
+        self.run(
+            "IssueToken",
+            self.broker.issue_token(&caller, req.into_inner()),
+        )
+        .await
     }
 
     async fn complete_task(
         &self,
         req: Request<pb::CompleteTaskRequest>,
     ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
-        self.run("CompleteTask", self.broker.complete_task(req.into_inner()))
-            .await
+        let caller = Self::caller(&req);
+        self.run(
+            "CompleteTask",
+            self.broker.complete_task(&caller, req.into_inner()),
+        )
+        .await
     }
 
     async fn get_task(
@@ -94,9 +119,10 @@ impl pb::agent_service_server::AgentService for Services {
         req: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
         let b = &self.broker;
+        let caller = Self::caller(&req);
         self.run("GetTask", async {
             Ok(pb::GetTaskResponse {
-                task: Some(b.get_task(req.into_inner()).await?),
+                task: Some(b.get_task(&caller, req.into_inner()).await?),
             })
         })
         .await
@@ -122,50 +148,72 @@ fn event_to_pb(e: &RevocationEvent) -> pb::RevocationEvent {
     }
 }
 
-/// Sends the backlog after `cursor`, then live events, without gaps or repeats.
-async fn follow_revocations(
+/// Events read from the durable log per read while a subscriber catches up.
+const BACKLOG_PAGE: usize = 64;
+
+/// One subscriber's position. The stream is pulled, not pushed: the next event is read only
+/// when hyper asks for it, which it does only while the client's flow-control window has
+/// room. A subscriber that does not read therefore costs one page of events and the little
+/// hyper buffers, never a growing queue; the durable log is read a page at a time.
+struct Follower {
     broker: Arc<Broker>,
-    mut cursor: u64,
-    tx: tokio::sync::mpsc::Sender<Result<pb::RevocationEvent, Status>>,
-) {
-    // Subscribe before reading the backlog so nothing committed in between is missed.
-    let mut live = broker.store.subscribe_revocations();
-    let mut shutdown = broker.shutdown.clone();
-    loop {
-        // Catch up from the durable log.
-        loop {
-            match broker.store.revocations_after(cursor, 1000).await {
-                Ok(batch) if batch.is_empty() => break,
-                Ok(batch) => {
-                    for e in &batch {
-                        cursor = e.sequence;
-                        if tx.send(Ok(event_to_pb(e))).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(ApiError::from(e).into())).await;
-                    return;
-                }
-            }
+    cursor: u64,
+    page: std::collections::VecDeque<RevocationEvent>,
+    catching_up: bool,
+    live: tokio::sync::broadcast::Receiver<RevocationEvent>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    done: bool,
+    _slot: crate::broker::WatchSlot,
+}
+
+impl Follower {
+    /// The next event after the cursor, without gaps or repeats; `None` at the end.
+    async fn next(&mut self) -> Option<Result<pb::RevocationEvent, Status>> {
+        if self.done {
+            return None;
         }
-        // Then follow the live feed until it lags, when the log is read again.
         loop {
-            tokio::select! {
-                ev = live.recv() => match ev {
-                    Ok(e) if e.sequence <= cursor => {}
-                    Ok(e) if e.sequence == cursor + 1 => {
-                        cursor = e.sequence;
-                        if tx.send(Ok(event_to_pb(&e))).await.is_err() {
-                            return;
-                        }
+            if let Some(e) = self.page.pop_front() {
+                self.cursor = e.sequence;
+                return Some(Ok(event_to_pb(&e)));
+            }
+            if self.catching_up {
+                match self
+                    .broker
+                    .store
+                    .revocations_after(self.cursor, BACKLOG_PAGE)
+                    .await
+                {
+                    Ok(batch) if batch.is_empty() => self.catching_up = false,
+                    Ok(batch) => self.page.extend(batch),
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(ApiError::from(e).into()));
                     }
-                    Ok(_) | Err(RecvError::Lagged(_)) => break,
-                    Err(RecvError::Closed) => return,
+                }
+                continue;
+            }
+            tokio::select! {
+                ev = self.live.recv() => match ev {
+                    Ok(e) if e.sequence <= self.cursor => {}
+                    Ok(e) if e.sequence == self.cursor + 1 => {
+                        self.cursor = e.sequence;
+                        return Some(Ok(event_to_pb(&e)));
+                    }
+                    // A gap (a commit published out of order): read the log again.
+                    Ok(_) => self.catching_up = true,
+                    // The subscriber did not read while the live feed moved on by more than
+                    // it holds: cut it off, naming where to resume.
+                    Err(RecvError::Lagged(_)) => {
+                        self.done = true;
+                        return Some(Err(Status::resource_exhausted(format!(
+                            "too slow: this revocation stream fell behind the live feed; resume from sequence {}",
+                            self.cursor
+                        ))));
+                    }
+                    Err(RecvError::Closed) => return None,
                 },
-                () = tx.closed() => return,
-                _ = shutdown.changed() => return,
+                _ = self.shutdown.changed() => return None,
             }
         }
     }
@@ -201,17 +249,35 @@ impl pb::validation_service_server::ValidationService for Services {
         req: Request<pb::WatchRevocationsRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let after = req.get_ref().after_sequence;
+        let conn = req
+            .extensions()
+            .get::<Arc<crate::conn::ConnState>>()
+            .cloned();
         let broker = Arc::clone(&self.broker);
         self.run("WatchRevocations", async move {
+            let slot = broker.conns.watches.take(conn)?;
+            // Subscribe before reading the log so nothing committed in between is missed.
+            let live = broker.store.subscribe_revocations();
             let head = broker.store.last_revocation_sequence().await?;
             if after > head {
                 return Err(ApiError::OutOfRange(format!(
                     "after_sequence {after} is beyond the newest revocation ({head}): this broker's log was reset or restored from a backup; start again from 0"
                 )));
             }
-            let (tx, rx) = tokio::sync::mpsc::channel(256);
-            tokio::spawn(follow_revocations(broker, after, tx));
-            Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as EventStream)
+            let follower = Follower {
+                shutdown: broker.shutdown.clone(),
+                broker,
+                cursor: after,
+                page: std::collections::VecDeque::new(),
+                catching_up: true,
+                live,
+                done: false,
+                _slot: slot,
+            };
+            let stream = futures::stream::unfold(follower, |mut f| async move {
+                f.next().await.map(|item| (item, f))
+            });
+            Ok(Box::pin(stream) as EventStream)
         })
         .await
     }

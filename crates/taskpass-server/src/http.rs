@@ -7,15 +7,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
-use tokio_stream::StreamExt;
 
 use crate::broker::Broker;
-
-const MAX_CONNECTIONS: usize = 1024;
-const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-const MAX_CONNECTION_AGE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The routes.
 pub fn router(broker: Arc<Broker>) -> Router {
@@ -52,11 +45,21 @@ async fn metadata(State(b): State<Arc<Broker>>) -> impl IntoResponse {
 }
 
 async fn healthz(State(b): State<Arc<Broker>>) -> impl IntoResponse {
+    if let Some(why) = b.store().write_failure() {
+        tracing::warn!(error = %why, "health check: the store cannot write");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the store cannot write: {why}\n"),
+        );
+    }
     match b.store().stats().await {
-        Ok(_) => (StatusCode::OK, "ok\n"),
+        Ok(_) => (StatusCode::OK, "ok\n".to_owned()),
         Err(e) => {
             tracing::error!(error = %e, "health check: store unreadable");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store unavailable\n".to_owned(),
+            )
         }
     }
 }
@@ -108,67 +111,48 @@ async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {
             "Time spent applying and committing.",
             stats.commit_micros as f64 / 1e6,
         ),
+        (
+            "taskpass_store_writable",
+            "1 while the store can write, 0 while it cannot (full disk, I/O errors).",
+            if b.store().write_failure().is_some() {
+                0.0
+            } else {
+                1.0
+            },
+        ),
+        (
+            "taskpass_grpc_connections",
+            "Open gRPC connections, handshakes included.",
+            b.conns.grpc.open() as f64,
+        ),
+        (
+            "taskpass_grpc_connections_refused_total",
+            "gRPC connections refused by limits.max_connections(_per_address).",
+            b.conns.grpc.refused() as f64,
+        ),
+        (
+            "taskpass_https_connections",
+            "Open HTTPS connections, handshakes included.",
+            b.conns.https.open() as f64,
+        ),
+        (
+            "taskpass_https_connections_refused_total",
+            "HTTPS connections refused by limits.max_connections(_per_address).",
+            b.conns.https.refused() as f64,
+        ),
+        (
+            "taskpass_watch_streams",
+            "Live WatchRevocations streams.",
+            b.conns.watches.live() as f64,
+        ),
+        (
+            "taskpass_watch_streams_refused_total",
+            "WatchRevocations streams refused by limits.watch_subscribers(_per_connection).",
+            b.conns.watches.refused() as f64,
+        ),
     ];
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         b.metrics().render(&extra),
     )
-}
-
-/// Serves `router` on TLS streams until `shutdown` fires.
-pub async fn serve<S>(
-    mut incoming: S,
-    router: Router,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) where
-    S: tokio_stream::Stream<
-            Item = Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
-        > + Unpin,
-{
-    // Bounded: slow or idle clients cannot pile up tasks and sockets.
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let stream = tokio::select! {
-            s = incoming.next() => match s {
-                Some(Ok(s)) => s,
-                Some(Err(_)) => continue,
-                None => return,
-            },
-            _ = shutdown.changed() => return,
-        };
-        let Ok(permit) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(
-                "HTTPS connection limit ({MAX_CONNECTIONS}) reached: dropping a connection"
-            );
-            continue;
-        };
-        let svc = TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
-            builder
-                .http2()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .keep_alive_interval(Some(HEADER_TIMEOUT));
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let ended = tokio::select! {
-                r = conn.as_mut() => r,
-                () = tokio::time::sleep(MAX_CONNECTION_AGE) => {
-                    // Old enough: finish what is in flight, accept nothing new, then close.
-                    conn.as_mut().graceful_shutdown();
-                    tokio::time::timeout(HEADER_TIMEOUT, conn.as_mut())
-                        .await
-                        .unwrap_or(Ok(()))
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "https connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
 }

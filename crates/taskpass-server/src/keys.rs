@@ -136,10 +136,10 @@ impl KeyRing {
         &self.active.kid
     }
 
-    /// Signs `claims` with the active key: a compact JWS.
-    pub fn sign(&self, claims: &AccessClaims) -> String {
-        // Claims are strings and numbers: serialising cannot fail.
-        let payload = serde_json::to_vec(claims).unwrap_or_default();
+    /// Signs `claims` with the active key: a compact JWS. A claim set that cannot be
+    /// serialised is an error, never a signature over nothing.
+    pub fn sign(&self, claims: &AccessClaims) -> Result<String, serde_json::Error> {
+        let payload = serde_json::to_vec(claims)?;
         let mut out =
             String::with_capacity(self.active.header_b64.len() + payload.len() * 4 / 3 + 100);
         out.push_str(&self.active.header_b64);
@@ -148,7 +148,7 @@ impl KeyRing {
         let sig = self.active.pair.sign(out.as_bytes());
         out.push('.');
         B64.encode_string(sig.as_ref(), &mut out);
-        out
+        Ok(out)
     }
 
     /// The public keys as a JWKS document.
@@ -235,7 +235,7 @@ mod tests {
         let ring = KeyRing::load_or_create(&path).unwrap();
         let again = KeyRing::load_or_create(&path).unwrap();
         assert_eq!(ring.active_kid(), again.active_kid(), "the key persists");
-        let t = ring.sign(&claims());
+        let t = ring.sign(&claims()).unwrap();
         assert_eq!(again.verify(&t).unwrap(), claims());
         let jwks: serde_json::Value = serde_json::from_str(&ring.jwks_json()).unwrap();
         assert_eq!(jwks["keys"][0]["kid"], ring.active_kid());
@@ -251,7 +251,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            ring.verify(&other.sign(&claims())).unwrap_err(),
+            ring.verify(&other.sign(&claims()).unwrap()).unwrap_err(),
             TokenProblem::UnknownKey
         );
         for m in [

@@ -15,6 +15,7 @@
 mod admin;
 mod broker;
 mod config;
+mod conn;
 mod error;
 mod grpc;
 mod http;
@@ -22,6 +23,7 @@ mod keys;
 mod metrics;
 mod pki;
 mod ratelimit;
+mod refusals;
 mod serve;
 mod tls;
 
@@ -33,5 +35,5 @@ pub use config::{
 pub use error::ApiError;
 pub use keys::{KeyRing, MAX_TOKEN_BYTES};
 pub use pki::{BrokerPki, PkiError, files, issue_operator, load_issuer, operator_uri, write_file};
-pub use serve::{GRACE, MAX_MESSAGE_BYTES, RunningBroker, launch, serve};
-pub use tls::GrpcStream;
+pub use serve::{GRACE, MAX_MESSAGE_BYTES, RunningBroker, StartError, launch, serve};
+pub use tls::{GrpcStream, TlsError};

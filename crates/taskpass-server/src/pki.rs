@@ -60,8 +60,7 @@ fn cert_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
     }
 }
 
-/// The PKI material the server needs in memory.
-#[derive(Debug)]
+/// The PKI material the server needs in memory. Its `Debug` output leaves out the key.
 pub struct BrokerPki {
     /// CA certificate, PEM.
     pub ca_pem: String,
@@ -71,6 +70,17 @@ pub struct BrokerPki {
     pub server_key_pem: String,
     /// Issues the next server certificate.
     pub server: ServerCertIssuer,
+}
+
+impl std::fmt::Debug for BrokerPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerPki")
+            .field("ca_pem", &self.ca_pem)
+            .field("server_chain_pem", &self.server_chain_pem)
+            .field("server_key_pem", &"<redacted>")
+            .field("server", &self.server)
+            .finish()
+    }
 }
 
 fn ca_params(trust_domain: &TrustDomain) -> CertificateParams {
@@ -339,6 +349,18 @@ pub fn issue_operator(
 mod tests {
     use super::*;
     use rustls_pki_types::pem::PemObject;
+
+    #[test]
+    fn debug_output_holds_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let td = TrustDomain::parse("example.org").unwrap();
+        let pki = bootstrap(dir.path(), &td, &[], &[]).unwrap();
+        let shown = format!("{pki:?}");
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+        let key_body = pki.server_key_pem.lines().nth(1).unwrap();
+        assert!(!shown.contains(key_body));
+        assert!(shown.contains("<redacted>"));
+    }
 
     #[test]
     fn server_certificate_names_and_stable_ca() {

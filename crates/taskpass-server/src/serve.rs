@@ -5,20 +5,58 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use taskpass_attest::{OidcOptions, OidcVerifier};
+use taskpass_attest::{AttestError, OidcOptions, OidcVerifier};
 use taskpass_core::{Clock, SystemClock};
 use taskpass_proto::v1 as pb;
-use taskpass_store::{RedbStore, Store, StoreOptions};
+use taskpass_store::{RedbStore, Store, StoreError, StoreOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::conn::{Admission, GrpcSettings, HttpsSettings};
 use crate::grpc::Services;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
-use crate::pki::{self, files};
+use crate::pki::{self, PkiError, files};
+use crate::tls::TlsError;
+
+/// Why the broker could not start. Each message names what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The config key that named it.
+        key: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The data dir's CA, keys or credentials.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The TLS configuration.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The attestation configuration.
+    #[error(transparent)]
+    Attestation(#[from] AttestError),
+    /// Anything else the start-up needed from the system.
+    #[error("{what}: {detail}")]
+    Other {
+        /// What was being done.
+        what: &'static str,
+        /// What failed.
+        detail: String,
+    },
+}
 
 /// How long in-flight RPCs get to finish after shutdown is asked for.
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -43,7 +81,8 @@ pub struct RunningBroker {
     broker: Arc<Broker>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    grpc: JoinHandle<()>,
+    refusals: Arc<crate::refusals::Refusals>,
 }
 
 impl RunningBroker {
@@ -56,13 +95,16 @@ impl RunningBroker {
     /// tasks and closes the store.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        match tokio::time::timeout(GRACE, self.grpc).await {
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
-            Err(_) => tracing::warn!("in-flight RPCs did not finish within the grace period"),
-            _ => {}
+        if tokio::time::timeout(GRACE, self.grpc).await.is_err() {
+            tracing::warn!("in-flight RPCs did not finish within the grace period");
         }
         for t in self.tasks {
             t.abort();
+        }
+        // The refusals counted since the last interval are decisions too.
+        let drafts = self.refusals.take(self.broker.now());
+        if let Err(e) = self.broker.store.append_audits(drafts).await {
+            tracing::warn!(error = %e, "could not write the last refusal tally");
         }
         tracing::info!("broker stopped");
     }
@@ -75,16 +117,21 @@ impl RunningBroker {
 }
 
 /// Binds the configured addresses and starts the broker.
-pub async fn launch(config: Config) -> anyhow::Result<RunningBroker> {
+pub async fn launch(config: Config) -> Result<RunningBroker, StartError> {
     let grpc = TcpListener::bind(config.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.listen): {e}", config.listen))?;
-    let http = TcpListener::bind(config.http_listen).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {} (server.http_listen): {e}",
-            config.http_listen
-        )
-    })?;
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            key: "server.listen",
+            source,
+        })?;
+    let http = TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.http_listen,
+            key: "server.http_listen",
+            source,
+        })?;
     serve(grpc, http, config, Arc::new(SystemClock)).await
 }
 
@@ -94,9 +141,15 @@ pub async fn serve(
     http_listener: TcpListener,
     config: Config,
     clock: Arc<dyn Clock>,
-) -> anyhow::Result<RunningBroker> {
-    let grpc_addr = grpc_listener.local_addr()?;
-    let http_addr = http_listener.local_addr()?;
+) -> Result<RunningBroker, StartError> {
+    let local = |l: &TcpListener| {
+        l.local_addr().map_err(|e| StartError::Other {
+            what: "the bound address",
+            detail: e.to_string(),
+        })
+    };
+    let grpc_addr = local(&grpc_listener)?;
+    let http_addr = local(&http_listener)?;
     let dir = &config.data_dir;
     let pki = pki::bootstrap(
         dir,
@@ -108,10 +161,16 @@ pub async fn serve(
     let store_path = dir.join(files::STORE);
     let store_options = StoreOptions {
         cache_size_bytes: config.store_cache_bytes,
+        revocation_feed: usize::try_from(config.caps.watch_lag_events).unwrap_or(4096),
         ..StoreOptions::default()
     };
     let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || RedbStore::open(store_path, store_options)).await??,
+        tokio::task::spawn_blocking(move || RedbStore::open(store_path, store_options))
+            .await
+            .map_err(|e| StartError::Other {
+                what: "opening the store",
+                detail: e.to_string(),
+            })??,
     );
     let oidc = OidcVerifier::new(
         config.oidc.clone(),
@@ -127,6 +186,9 @@ pub async fn serve(
         .clone()
         .unwrap_or_else(|| format!("https://{http_addr}"));
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let refusals = Arc::new(crate::refusals::Refusals::new(
+        usize::try_from(config.caps.refusal_audit_keys).unwrap_or(usize::MAX),
+    ));
     let broker = Arc::new(Broker {
         store: Arc::clone(&store),
         attestor: oidc.clone(),
@@ -141,9 +203,34 @@ pub async fn serve(
         rate: config
             .agent_rate
             .map(|(rps, burst)| crate::ratelimit::RateLimiter::new(rps, burst)),
+        refusals: Arc::clone(&refusals),
+        conns: crate::broker::Connections {
+            grpc: Admission::new(
+                "grpc",
+                config.caps.max_connections,
+                config.caps.max_connections_per_address,
+            ),
+            https: Admission::new(
+                "https",
+                config.caps.max_connections,
+                config.caps.max_connections_per_address,
+            ),
+            watches: crate::broker::WatchSlots::new(
+                config.caps.watch_subscribers,
+                config.caps.watch_subscribers_per_connection,
+            ),
+        },
     });
 
     let mut tasks = vec![oidc.spawn_refresh()];
+
+    // Refusals counted since the last interval become one audit entry each, in one commit.
+    tasks.push(tokio::spawn(flush_refusals(
+        Arc::clone(&refusals),
+        Arc::clone(&store),
+        Arc::clone(&clock),
+        Duration::from_secs(u64::from(config.caps.refusal_audit_interval_seconds)),
+    )));
 
     // Sweeper: expire tasks past their deadline and revoke their tokens.
     {
@@ -175,7 +262,11 @@ pub async fn serve(
             tick.tick().await;
             loop {
                 tick.tick().await;
-                match server.issue().map_err(anyhow::Error::from).and_then(|(chain, key)| certs.replace(&chain, &key)) {
+                let renewed = server
+                    .issue()
+                    .map_err(|e| e.to_string())
+                    .and_then(|(chain, key)| certs.replace(&chain, &key).map_err(|e| e.to_string()));
+                match renewed {
                     Ok(()) => tracing::info!("renewed the server certificate"),
                     Err(e) => tracing::error!(error = %e, "server certificate renewal failed; retrying at the next interval"),
                 }
@@ -184,10 +275,18 @@ pub async fn serve(
     }
 
     // HTTPS.
+    let caps = &config.caps;
+    let handshake = Duration::from_secs(u64::from(caps.handshake_timeout_seconds));
     let http_tls = crate::tls::server_config(&pki.ca_pem, &certs, &[b"h2", b"http/1.1"])?;
-    tasks.push(tokio::spawn(crate::http::serve(
-        crate::tls::incoming(http_listener, http_tls),
+    tasks.push(tokio::spawn(crate::conn::serve_https(
+        crate::tls::incoming(
+            http_listener,
+            http_tls,
+            Arc::clone(&broker.conns.https),
+            handshake,
+        ),
         crate::http::router(Arc::clone(&broker)),
+        HttpsSettings::from_limits(caps),
         shutdown_rx.clone(),
     )));
 
@@ -206,20 +305,12 @@ pub async fn serve(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(taskpass_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let grpc_tls = crate::tls::server_config(&pki.ca_pem, &certs, &[b"h2"])?;
-    let incoming =
-        tokio_stream::StreamExt::map(crate::tls::incoming(grpc_listener, grpc_tls), |s| {
-            s.map(crate::tls::GrpcStream::from)
-        });
-    let mut stop = shutdown_rx;
-    let router = tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(
-            size_limit_is_resource_exhausted,
-        ))
-        .timeout(Duration::from_secs(30))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(health_service)
+        .build_v1()
+        .map_err(|e| StartError::Other {
+            what: "gRPC reflection",
+            detail: e.to_string(),
+        })?;
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection)
         .add_service(
             pb::agent_service_server::AgentServiceServer::new(services.clone())
@@ -232,10 +323,23 @@ pub async fn serve(
         .add_service(
             pb::admin_service_server::AdminServiceServer::new(services)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        );
-    let grpc = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-        let _ = stop.changed().await;
-    }));
+        )
+        .prepare();
+    let routes = tower::ServiceBuilder::new()
+        .map_response(size_limit_is_resource_exhausted)
+        .service(routes);
+    let grpc_tls = crate::tls::server_config(&pki.ca_pem, &certs, &[b"h2"])?;
+    let grpc = tokio::spawn(crate::conn::serve_grpc(
+        crate::tls::incoming(
+            grpc_listener,
+            grpc_tls,
+            Arc::clone(&broker.conns.grpc),
+            handshake,
+        ),
+        routes,
+        GrpcSettings::from_limits(caps),
+        shutdown_rx,
+    ));
 
     let ca_pem = pki.ca_pem;
     write_endpoint(
@@ -255,7 +359,33 @@ pub async fn serve(
         shutdown,
         tasks,
         grpc,
+        refusals,
     })
+}
+
+/// Every `every`, writes the refusals counted since the last time. Drafts that cannot be
+/// written (the store cannot write) are put back and written with the next interval's.
+async fn flush_refusals(
+    refusals: Arc<crate::refusals::Refusals>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let drafts = refusals.take(clock.now());
+        if drafts.is_empty() {
+            continue;
+        }
+        let n = drafts.len();
+        if let Err(e) = store.append_audits(drafts.clone()).await {
+            tracing::warn!(error = %e, entries = n, "cannot write the refusal tally yet; keeping it");
+            refusals.restore(drafts);
+        }
+    }
 }
 
 /// tonic answers an over-limit request message with OUT_OF_RANGE; the contract says size
@@ -288,7 +418,7 @@ fn write_endpoint(
     http: SocketAddr,
     issuer: &str,
     trust_domain: &str,
-) -> anyhow::Result<()> {
+) -> Result<(), StartError> {
     // A wildcard listener is dialled locally on loopback (the certificate names it).
     let local = |a: SocketAddr| {
         if a.ip().is_unspecified() {

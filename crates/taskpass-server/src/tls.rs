@@ -15,10 +15,42 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::conn::{Accepted, Admission};
 
-fn certs(pem: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    Ok(CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>()?)
+/// Why a TLS configuration or certificate could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A PEM document could not be read.
+    #[error("{what}: {detail}")]
+    Pem {
+        /// What was being read.
+        what: &'static str,
+        /// The parser's message.
+        detail: String,
+    },
+    /// rustls refused the key, certificate or configuration.
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client-certificate verifier could not be built.
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+fn certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            what,
+            detail: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            what,
+            detail: "no certificate found".into(),
+        });
+    }
+    Ok(certs)
 }
 
 /// The current server certificate, swapped in place when it is renewed so that both
@@ -31,14 +63,14 @@ pub struct CertStore {
 
 impl CertStore {
     /// Loads the first certificate.
-    pub fn new(chain_pem: &str, key_pem: &str) -> anyhow::Result<Arc<Self>> {
+    pub fn new(chain_pem: &str, key_pem: &str) -> Result<Arc<Self>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let current = RwLock::new(Arc::new(certified(&provider, chain_pem, key_pem)?));
         Ok(Arc::new(Self { current, provider }))
     }
 
     /// Replaces the certificate.
-    pub fn replace(&self, chain_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+    pub fn replace(&self, chain_pem: &str, key_pem: &str) -> Result<(), TlsError> {
         let next = Arc::new(certified(&self.provider, chain_pem, key_pem)?);
         match self.current.write() {
             Ok(mut c) => *c = next,
@@ -61,12 +93,14 @@ fn certified(
     provider: &CryptoProvider,
     chain_pem: &str,
     key_pem: &str,
-) -> anyhow::Result<CertifiedKey> {
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| anyhow::anyhow!("server key: {e}"))?;
+) -> Result<CertifiedKey, TlsError> {
+    // The key's parse error says nothing of the key; rustls' never prints key material.
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Pem {
+        what: "server key",
+        detail: e.to_string(),
+    })?;
     let signing = provider.key_provider.load_private_key(key)?;
-    let chain = certs(chain_pem)?;
-    anyhow::ensure!(!chain.is_empty(), "server certificate chain is empty");
+    let chain = certs("server certificate chain", chain_pem)?;
     let ck = CertifiedKey::new(chain, signing);
     ck.keys_match()?;
     Ok(ck)
@@ -77,10 +111,10 @@ pub fn server_config(
     ca_pem: &str,
     certs_in_use: &Arc<CertStore>,
     alpn: &[&[u8]],
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
-    for c in certs(ca_pem)? {
+    for c in certs("CA certificate", ca_pem)? {
         roots.add(c)?;
     }
     let verifier =
@@ -96,11 +130,16 @@ pub fn server_config(
 }
 
 /// Accepts TCP connections and completes TLS handshakes concurrently; yields the streams
-/// that finished their handshake in time. Failed handshakes are logged and dropped.
+/// that finished their handshake within `handshake_timeout`. A connection over the caps of
+/// `admission` is closed at once, before any TLS work; its place (held from accept, so that
+/// slow handshakes count too) is given back when the connection ends. Failed handshakes are
+/// logged at debug level and dropped.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    admission: Arc<Admission>,
+    handshake_timeout: Duration,
+) -> ReceiverStream<Accepted> {
     let (tx, rx) = tokio::sync::mpsc::channel(128);
     let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
@@ -109,6 +148,7 @@ pub fn incoming(
                 r = listener.accept() => match r {
                     Ok(x) => x,
                     Err(e) => {
+                        // Out of file descriptors, for instance: wait rather than spin.
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
@@ -116,13 +156,17 @@ pub fn incoming(
                 },
                 () = tx.closed() => return,
             };
+            let Some(permit) = admission.admit(peer.ip()) else {
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Accepted { stream, permit }).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -188,12 +232,6 @@ impl tonic::transport::server::Connected for GrpcStream {
     }
 }
 
-impl From<TlsStream<TcpStream>> for GrpcStream {
-    fn from(s: TlsStream<TcpStream>) -> Self {
-        Self(s)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,7 +240,7 @@ mod tests {
 
     async fn peer_cert(addr: std::net::SocketAddr, ca_pem: &str) -> Vec<u8> {
         let mut roots = RootCertStore::empty();
-        for c in certs(ca_pem).unwrap() {
+        for c in certs("CA", ca_pem).unwrap() {
             roots.add(c).unwrap();
         }
         let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -234,7 +272,8 @@ mod tests {
         let cfg = server_config(&pki.ca_pem, &store, &[b"http/1.1"]).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut incoming = incoming(listener, cfg);
+        let admission = Admission::new("test", 16, 16);
+        let mut incoming = incoming(listener, cfg, admission, Duration::from_secs(5));
         tokio::spawn(async move { while incoming.next().await.is_some() {} });
 
         let first = peer_cert(addr, &pki.ca_pem).await;

@@ -76,6 +76,11 @@ impl RecordCache {
         self.read().tasks.get(id).cloned()
     }
 
+    /// Forgets everything (the file was reopened and is read again).
+    pub(crate) fn clear(&self) {
+        *self.write() = Maps::default();
+    }
+
     /// Applies what a committed batch wrote or read.
     pub(crate) fn apply(&self, changes: Changes) {
         if self.capacity == 0 || (changes.agents.is_empty() && changes.tasks.is_empty()) {

@@ -38,7 +38,19 @@ pub enum StoreError {
         /// The decoder's message.
         detail: String,
     },
-    /// The database engine failed (I/O, full disk, lock held by another process).
+    /// A record could not be serialised; nothing was written.
+    #[error("cannot serialise {what}: {detail}")]
+    Encode {
+        /// What was being written.
+        what: &'static str,
+        /// The serialiser's message.
+        detail: String,
+    },
+    /// The store's file cannot be written or read now (a full disk, an I/O error): the write
+    /// was not made. The store reopens its file and probes it until writes succeed again.
+    #[error("the store cannot write: {0}")]
+    Unwritable(String),
+    /// The database engine failed (the lock is held by another process, an internal error).
     #[error("store I/O failed: {0}")]
     Engine(String),
     /// The writer thread is gone (the broker is shutting down).
@@ -46,11 +58,27 @@ pub enum StoreError {
     Closed,
 }
 
+impl From<redb::StorageError> for StoreError {
+    fn from(e: redb::StorageError) -> Self {
+        match e {
+            // An I/O error latches the database: every later call fails with PreviousIo
+            // until the file is reopened, which the writer does.
+            redb::StorageError::Io(_) | redb::StorageError::PreviousIo => {
+                StoreError::Unwritable(e.to_string())
+            }
+            other => StoreError::Engine(other.to_string()),
+        }
+    }
+}
+
 macro_rules! engine_error {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Engine(e.to_string())
+                match e.into_storage() {
+                    Ok(s) => s.into(),
+                    Err(other) => StoreError::Engine(other),
+                }
             }
         }
     )*};
@@ -60,6 +88,56 @@ engine_error!(
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
-    redb::StorageError,
     redb::CommitError
 );
+
+/// The storage error inside each of redb's error types, when that is what it is.
+trait IntoStorage {
+    fn into_storage(self) -> Result<redb::StorageError, String>;
+}
+
+impl IntoStorage for redb::Error {
+    fn into_storage(self) -> Result<redb::StorageError, String> {
+        match self {
+            redb::Error::Io(e) => Ok(redb::StorageError::Io(e)),
+            redb::Error::PreviousIo => Ok(redb::StorageError::PreviousIo),
+            other => Err(other.to_string()),
+        }
+    }
+}
+
+impl IntoStorage for redb::DatabaseError {
+    fn into_storage(self) -> Result<redb::StorageError, String> {
+        match self {
+            redb::DatabaseError::Storage(s) => Ok(s),
+            other => Err(other.to_string()),
+        }
+    }
+}
+
+impl IntoStorage for redb::TransactionError {
+    fn into_storage(self) -> Result<redb::StorageError, String> {
+        match self {
+            redb::TransactionError::Storage(s) => Ok(s),
+            other => Err(other.to_string()),
+        }
+    }
+}
+
+impl IntoStorage for redb::TableError {
+    fn into_storage(self) -> Result<redb::StorageError, String> {
+        match self {
+            redb::TableError::Storage(s) => Ok(s),
+            other => Err(other.to_string()),
+        }
+    }
+}
+
+impl IntoStorage for redb::CommitError {
+    fn into_storage(self) -> Result<redb::StorageError, String> {
+        match self {
+            redb::CommitError::Storage(s) => Ok(s),
+            other => Err(other.to_string()),
+        }
+    }
+}

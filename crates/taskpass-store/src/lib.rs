@@ -6,7 +6,10 @@
 //! in one transaction and commits once (one fsync for the batch), then answers each caller.
 //! A method that returns `Ok` has therefore been made durable. Each command re-checks its
 //! preconditions inside the transaction (an agent still active, a task still open), so a
-//! token can never be recorded for a task that completed a moment earlier.
+//! token can never be recorded for a task that completed a moment earlier. Operators' writes
+//! and revocations wait in a queue of their own that the writer serves first, so agents'
+//! writes cannot hold them up; a full disk makes writes fail with
+//! [`StoreError::Unwritable`] until the file takes writes again, never a lost write.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), taskpass_store::StoreError> {
@@ -189,6 +192,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Appends an audit entry on its own (denials, for instance).
     async fn append_audit(&self, audit: AuditDraft) -> Result<(), StoreError>;
+
+    /// Appends several audit entries in one write (the broker's tallies of refusals).
+    async fn append_audits(&self, audits: Vec<AuditDraft>) -> Result<(), StoreError>;
+
+    /// Why the store cannot write now ([`StoreError::Unwritable`] for every write meanwhile),
+    /// or `None` when it can. It recovers by itself once its file takes writes again.
+    fn write_failure(&self) -> Option<String>;
 
     /// Revocations after `sequence`, oldest first, at most `limit`.
     async fn revocations_after(

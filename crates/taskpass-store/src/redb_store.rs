@@ -22,9 +22,6 @@ use crate::{
     StoreError, StoreStats,
 };
 
-/// A grouped commit slower than this is logged.
-const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(25);
-
 /// Tuning for [`RedbStore`].
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -43,6 +40,9 @@ pub struct StoreOptions {
     /// Agents, and open tasks, kept decoded in memory (each up to this many) so that agent
     /// calls read them without a transaction. Zero turns the cache off.
     pub cached_records: usize,
+    /// Revocations the live feed holds for its slowest subscriber; one that falls further
+    /// behind sees `Lagged` (the broker then cuts it off, to resume from its cursor).
+    pub revocation_feed: usize,
 }
 
 impl Default for StoreOptions {
@@ -53,6 +53,7 @@ impl Default for StoreOptions {
             queue_depth: 8192,
             coalesce: std::time::Duration::from_micros(500),
             cached_records: 20_000,
+            revocation_feed: 4096,
         }
     }
 }
@@ -77,15 +78,17 @@ struct WriterStats {
 struct Inner {
     stats: Arc<WriterStats>,
     cache: Arc<RecordCache>,
-    db: Arc<Database>,
-    writer: Option<mpsc::Sender<Job>>,
+    db: DbSlot,
+    health: Arc<Health>,
+    /// The operators' lane, then the agents' lane (see `writer.rs`).
+    lanes: Option<(mpsc::Sender<Job>, mpsc::Sender<Job>)>,
     revocations: broadcast::Sender<RevocationEvent>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.writer.take();
+        self.lanes.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -107,6 +110,7 @@ enum Command {
         audit: AuditDraft,
     },
     AppendAudit(AuditDraft),
+    AppendAudits(Vec<AuditDraft>),
 }
 
 #[derive(Debug)]
@@ -133,49 +137,57 @@ struct Heads {
     revocation_seq: u64,
 }
 
+fn open_db(path: &Path, cache_size_bytes: usize) -> Result<Database, StoreError> {
+    let db = Database::builder()
+        .set_cache_size(cache_size_bytes)
+        .create(path)?;
+    restrict_permissions(path)?;
+    Ok(db)
+}
+
 impl RedbStore {
     /// Opens (or creates) the store file at `path` and starts its writer thread. The file is
     /// made private (0600). Must be called inside a tokio runtime only for the async methods;
     /// opening itself is blocking.
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, StoreError> {
         let path = path.as_ref();
-        let db = Database::builder()
-            .set_cache_size(options.cache_size_bytes)
-            .create(path)?;
-        restrict_permissions(path)?;
+        let db = open_db(path, options.cache_size_bytes)?;
         let heads = init_schema(&db)?;
         let cache = Arc::new(RecordCache::new(options.cached_records));
         warm_cache(&db, &cache, options.cached_records)?;
         let db = Arc::new(db);
-        let writer_cache = Arc::clone(&cache);
-        let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
-        let (revocations, _) = broadcast::channel(4096);
-        let writer_db = Arc::clone(&db);
-        let writer_events = revocations.clone();
-        let max_batch = options.max_batch.max(1);
-        let coalesce = options.coalesce;
+        let slot: DbSlot = Arc::new(std::sync::RwLock::new(Some(Arc::clone(&db))));
+        let depth = options.queue_depth.max(1);
+        let (priority_tx, priority) = mpsc::channel(depth.min(1024));
+        let (agent_tx, agent) = mpsc::channel(depth);
+        let (revocations, _) = broadcast::channel(options.revocation_feed.max(1));
         let stats = Arc::new(WriterStats::default());
-        let writer_stats = Arc::clone(&stats);
+        let health = Arc::new(Health::default());
+        let writer = Writer {
+            path: path.to_path_buf(),
+            cache_size_bytes: options.cache_size_bytes,
+            cached_records: options.cached_records,
+            slot: Arc::clone(&slot),
+            db: Some(db),
+            heads,
+            cache: Arc::clone(&cache),
+            events_out: revocations.clone(),
+            stats: Arc::clone(&stats),
+            health: Arc::clone(&health),
+            max_batch: options.max_batch.max(1),
+            coalesce: options.coalesce,
+        };
         let thread = thread::Builder::new()
             .name("taskpass-store-writer".into())
-            .spawn(move || {
-                writer_loop(
-                    &writer_db,
-                    rx,
-                    heads,
-                    (max_batch, coalesce),
-                    &writer_cache,
-                    &writer_events,
-                    &writer_stats,
-                )
-            })
+            .spawn(move || writer.run(Lanes { priority, agent }))
             .map_err(|e| StoreError::Engine(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 stats,
                 cache,
-                db,
-                writer: Some(tx),
+                db: slot,
+                health,
+                lanes: Some((priority_tx, agent_tx)),
                 revocations,
                 thread: Some(thread),
             }),
@@ -183,20 +195,45 @@ impl RedbStore {
     }
 
     async fn submit(&self, cmd: Command) -> Result<Outcome, StoreError> {
+        // While the file cannot be written, refuse at once rather than queue behind a probe.
+        if let Some(why) = self.inner.health.failure() {
+            return Err(StoreError::Unwritable(why));
+        }
         let (reply, rx) = oneshot::channel();
-        let writer = self.inner.writer.as_ref().ok_or(StoreError::Closed)?;
-        writer
-            .send(Job { cmd, reply })
+        let (priority, agent) = self.inner.lanes.as_ref().ok_or(StoreError::Closed)?;
+        let lane = match cmd.lane() {
+            Lane::Priority => priority,
+            Lane::Agent => agent,
+        };
+        lane.send(Job { cmd, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The open file, unless the writer is reopening it after a failure.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        let slot = self
+            .inner
+            .db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match slot.as_ref() {
+            Some(db) => Ok(Arc::clone(db)),
+            None => Err(StoreError::Unwritable(
+                self.inner
+                    .health
+                    .failure()
+                    .unwrap_or_else(|| "the store file is being reopened".into()),
+            )),
+        }
     }
 
     fn read<T>(
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         f(&txn)
     }
 }
@@ -294,85 +331,11 @@ fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, St
     })
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    // The records are plain structs of strings and numbers: serialising cannot fail.
-    serde_json::to_vec(v).unwrap_or_default()
-}
-
-/// The writer thread: take every command waiting, apply them in one transaction, commit once,
-/// then answer each and publish the revocations.
-fn writer_loop(
-    db: &Database,
-    mut rx: mpsc::Receiver<Job>,
-    mut heads: Heads,
-    (max_batch, coalesce): (usize, std::time::Duration),
-    cache: &RecordCache,
-    events_out: &broadcast::Sender<RevocationEvent>,
-    stats: &WriterStats,
-) {
-    let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
-    let mut last_commit = std::time::Instant::now();
-    let mut last_batch = 0usize;
-    let drain = |rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>| {
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-    };
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        drain(&mut rx, &mut batch);
-        let concurrent = batch.len() > 1 || last_batch > 1;
-        let busy = concurrent && last_commit.elapsed() < coalesce * 4;
-        last_batch = batch.len();
-        if busy && !coalesce.is_zero() && batch.len() < max_batch {
-            thread::sleep(coalesce);
-            drain(&mut rx, &mut batch);
-        }
-        let saved = heads.clone();
-        let mut events = Vec::new();
-        let started = std::time::Instant::now();
-        let result = apply_batch(db, &batch, &mut heads, &mut events, cache);
-        let took = started.elapsed();
-        last_commit = std::time::Instant::now();
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats
-            .commands
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        stats.micros.fetch_add(
-            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-        if took > SLOW_COMMIT {
-            tracing::warn!(
-                ms = took.as_millis(),
-                commands = batch.len(),
-                "slow store commit"
-            );
-        }
-        match result {
-            Ok((results, changes)) => {
-                // Before any caller hears back, so that it reads its own write.
-                cache.apply(changes);
-                for e in events {
-                    // No subscriber is fine: the log is durable and replayable.
-                    let _ = events_out.send(e);
-                }
-                for (job, r) in batch.drain(..).zip(results) {
-                    let _ = job.reply.send(r);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, jobs = batch.len(), "store commit failed");
-                heads = saved;
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(StoreError::Engine(e.to_string())));
-                }
-            }
-        }
-    }
+fn encode<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Encode {
+        what,
+        detail: e.to_string(),
+    })
 }
 
 struct Tables<'t> {
@@ -407,7 +370,10 @@ impl<'t> Tables<'t> {
 fn is_fatal(e: &StoreError) -> bool {
     matches!(
         e,
-        StoreError::Engine(_) | StoreError::Corrupt { .. } | StoreError::Closed
+        StoreError::Engine(_)
+            | StoreError::Unwritable(_)
+            | StoreError::Corrupt { .. }
+            | StoreError::Closed
     )
 }
 
@@ -429,20 +395,20 @@ fn apply_batch(
     {
         let mut t = Tables::open(&txn)?;
         for job in batch {
-            let r = apply(&mut t, &mut rec, heads, &job.cmd, events);
-            if let Err(e) = &r {
-                if is_fatal(e) {
-                    return Err(StoreError::Engine(e.to_string()));
+            match apply(&mut t, &mut rec, heads, &job.cmd, events) {
+                Err(e) if is_fatal(&e) => return Err(e),
+                Err(e) => {
+                    // A refused command still leaves its decision in the audit log.
+                    if let Some(draft) = audit_draft(&job.cmd) {
+                        let mut denied = draft.clone();
+                        denied.outcome = AuditOutcome::Deny;
+                        denied.reason = e.to_string();
+                        append_audit(&mut t, heads, denied)?;
+                    }
+                    results.push(Err(e));
                 }
-                // A refused command still leaves its decision in the audit log.
-                if let Some(draft) = audit_draft(&job.cmd) {
-                    let mut denied = draft.clone();
-                    denied.outcome = AuditOutcome::Deny;
-                    denied.reason = e.to_string();
-                    append_audit(&mut t, heads, denied)?;
-                }
+                Ok(o) => results.push(Ok(o)),
             }
-            results.push(r);
         }
     }
     txn.commit()?;
@@ -509,7 +475,7 @@ impl Records<'_> {
 
     fn put_agent(&mut self, t: &mut Tables<'_>, agent: Agent) -> Result<(), StoreError> {
         t.agents
-            .insert(agent.name.as_str(), encode(&agent).as_slice())?;
+            .insert(agent.name.as_str(), encode("agent", &agent)?.as_slice())?;
         self.changes
             .agents
             .insert(agent.name.to_string(), Arc::new(agent));
@@ -517,7 +483,7 @@ impl Records<'_> {
     }
 
     fn put_task(&mut self, t: &mut Tables<'_>, id: &str, task: Task) -> Result<(), StoreError> {
-        t.tasks.insert(id, encode(&task).as_slice())?;
+        t.tasks.insert(id, encode("task", &task)?.as_slice())?;
         self.changes.tasks.insert(id.to_owned(), Arc::new(task));
         Ok(())
     }
@@ -530,6 +496,7 @@ fn audit_draft(cmd: &Command) -> Option<&AuditDraft> {
         | Command::RecordToken(_, a)
         | Command::AppendAudit(a)
         | Command::RevokeToken { audit: a, .. } => Some(a),
+        Command::AppendAudits(_) => None,
         Command::ChangeAgentState(c) => Some(&c.audit),
         Command::EndTask(e) => Some(&e.audit),
         Command::ExpireTasks(_) => None,
@@ -542,8 +509,14 @@ fn append_audit(
     draft: AuditDraft,
 ) -> Result<(), StoreError> {
     let seq = heads.audit_seq + 1;
-    let entry = draft.seal(seq, &heads.audit_hash);
-    t.audit.insert(seq, encode(&entry).as_slice())?;
+    let entry = draft
+        .seal(seq, &heads.audit_hash)
+        .map_err(|e| StoreError::Encode {
+            what: "audit entry",
+            detail: e.to_string(),
+        })?;
+    t.audit
+        .insert(seq, encode("audit entry", &entry)?.as_slice())?;
     heads.audit_seq = seq;
     heads.audit_hash = entry.hash;
     Ok(())
@@ -557,7 +530,8 @@ fn append_revocation(
 ) -> Result<RevocationEvent, StoreError> {
     let seq = heads.revocation_seq + 1;
     event.sequence = seq;
-    t.revocations.insert(seq, encode(&event).as_slice())?;
+    t.revocations
+        .insert(seq, encode("revocation", &event)?.as_slice())?;
     heads.revocation_seq = seq;
     events.push(event.clone());
     Ok(event)
@@ -786,7 +760,8 @@ fn apply(
                 )));
             }
             let id = token.id.to_string();
-            t.tokens.insert(id.as_str(), encode(token).as_slice())?;
+            t.tokens
+                .insert(id.as_str(), encode("token", token)?.as_slice())?;
             t.tokens_by_task
                 .insert((task_id.as_str(), id.as_str()), ())?;
             append_audit(t, heads, audit.clone())?;
@@ -809,7 +784,8 @@ fn apply(
                 )));
             }
             token.revoked_at = Some(*now);
-            t.tokens.insert(key.as_str(), encode(&token).as_slice())?;
+            t.tokens
+                .insert(key.as_str(), encode("token", &token)?.as_slice())?;
             let event = append_revocation(
                 t,
                 heads,
@@ -828,6 +804,12 @@ fn apply(
         }
         Command::AppendAudit(audit) => {
             append_audit(t, heads, audit.clone())?;
+            Ok(Outcome::Done)
+        }
+        Command::AppendAudits(audits) => {
+            for a in audits {
+                append_audit(t, heads, a.clone())?;
+            }
             Ok(Outcome::Done)
         }
     }
@@ -1069,6 +1051,17 @@ impl Store for RedbStore {
         expect_outcome!(self.submit(Command::AppendAudit(audit)).await, Outcome::Done => ())
     }
 
+    async fn append_audits(&self, audits: Vec<AuditDraft>) -> Result<(), StoreError> {
+        if audits.is_empty() {
+            return Ok(());
+        }
+        expect_outcome!(self.submit(Command::AppendAudits(audits)).await, Outcome::Done => ())
+    }
+
+    fn write_failure(&self) -> Option<String> {
+        self.inner.health.failure()
+    }
+
     async fn revocations_after(
         &self,
         sequence: u64,
@@ -1115,7 +1108,7 @@ impl Store for RedbStore {
     }
 
     async fn verify_audit(&self) -> Result<AuditVerification, StoreError> {
-        let db = Arc::clone(&self.inner.db);
+        let db = self.db()?;
         tokio::task::spawn_blocking(move || {
             let txn = db.begin_read()?;
             let mut head = GENESIS_HASH.to_owned();
@@ -1175,3 +1168,6 @@ impl Store for RedbStore {
 
 #[cfg(test)]
 mod tests;
+mod writer;
+
+use writer::{DbSlot, Health, Lane, Lanes, Writer};

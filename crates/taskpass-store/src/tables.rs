@@ -8,6 +8,7 @@ pub const SCHEMA_VERSION: u64 = 1;
 
 /// `schema_version` and other single values.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
 /// Agent name → Agent.
 pub(crate) const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 /// (OIDC issuer, subject) → agent name.
@@ -32,3 +33,6 @@ pub(crate) const REVOCATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new
 pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
 pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
+/// `meta` key: when the writer last proved, after a failed commit, that the file takes
+/// writes again (Unix seconds).
+pub(crate) const META_LAST_PROBE: &str = "last_write_probe";

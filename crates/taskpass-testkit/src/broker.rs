@@ -74,11 +74,12 @@ ca_file = "{ca}"
 {limits}
 {extra}
 "#,
-            // Load from tests is not abuse: no rate limit unless a test asks for one.
+            // Load from tests is not abuse: no rate limit unless a test asks for one; refusal
+            // tallies are written every second so that tests can read them soon.
             limits = if extra.contains("[limits]") {
                 ""
             } else {
-                "[limits]\nagent_requests_per_second = 0\n"
+                "[limits]\nagent_requests_per_second = 0\nrefusal_audit_interval_seconds = 1\n"
             },
             dir = data_dir.display(),
             iss = issuer.issuer(),
@@ -100,6 +101,24 @@ ca_file = "{ca}"
         let mut b = Self {
             dir,
             _tmp: Some(tmp),
+            child: None,
+            grpc_url: String::new(),
+            http_url: String::new(),
+            ca_pem: String::new(),
+        };
+        b.spawn().await?;
+        Ok(b)
+    }
+
+    /// Like [`TestBroker::start_with`] with the data dir at `root/data`, which the caller
+    /// made (a mounted tmpfs, for instance); the config is written to `root/taskpass.toml`.
+    pub async fn start_in(issuer: &DevIssuer, root: &Path, extra: &str) -> anyhow::Result<Self> {
+        let dir = root.join("data");
+        let config = Self::config_toml(&dir, issuer, extra)?;
+        std::fs::write(root.join("taskpass.toml"), config)?;
+        let mut b = Self {
+            dir,
+            _tmp: None,
             child: None,
             grpc_url: String::new(),
             http_url: String::new(),
