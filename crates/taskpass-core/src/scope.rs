@@ -217,11 +217,14 @@ impl Purpose {
     /// Parses a purpose.
     pub fn parse(s: &str) -> Result<Self, ParseError> {
         check_len("purpose", s.trim(), limits::PURPOSE_LEN)?;
-        if s.chars().any(char::is_control) {
+        // Control characters and the invisible controls that reorder text (which could make
+        // a listing print something else than what is stored) are refused.
+        let reorders = |c: char| matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if s.chars().any(|c| c.is_control() || reorders(c)) {
             return Err(ParseError::Invalid {
                 what: "purpose",
                 value: shown(s),
-                why: "control characters are not allowed",
+                why: "control characters and text-direction controls are not allowed",
             });
         }
         Ok(Self(s.trim().to_owned()))
@@ -277,6 +280,7 @@ mod tests {
         assert!(Purpose::parse("  summarise tickets ").is_ok());
         assert!(Purpose::parse("   ").is_err());
         assert!(Purpose::parse("a\nb").is_err());
+        assert!(Purpose::parse("invoice \u{202e}fdp.exe").is_err());
         assert!(Purpose::parse(&"p".repeat(1025)).is_err());
     }
 
