@@ -252,10 +252,10 @@ fn idle_check(idle: Duration) -> Duration {
 /// Serves gRPC on each accepted connection until `shutdown`; then every connection is
 /// closed gracefully and this returns once they all ended.
 pub async fn serve_grpc<I, S>(
-    mut incoming: I,
+    incoming: I,
     routes: S,
     settings: GrpcSettings,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     I: Stream<Item = Accepted> + Unpin,
     S: Service<
@@ -267,6 +267,20 @@ pub async fn serve_grpc<I, S>(
         + 'static,
     S::Future: Send + 'static,
 {
+    each_connection(incoming, shutdown, move |accepted, stop| {
+        serve_grpc_connection(accepted, routes.clone(), settings, stop)
+    })
+    .await;
+}
+
+/// Runs `serve` on each accepted connection until `shutdown` (or the end of `incoming`), then
+/// waits for the connections, each of which closes gracefully on the same signal.
+async fn each_connection<I, F, Fut>(mut incoming: I, mut shutdown: watch::Receiver<bool>, serve: F)
+where
+    I: Stream<Item = Accepted> + Unpin,
+    F: Fn(Accepted, watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut conns = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -277,9 +291,7 @@ pub async fn serve_grpc<I, S>(
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             _ = shutdown.changed() => break,
         };
-        let routes = routes.clone();
-        let stop = shutdown.clone();
-        conns.spawn(serve_grpc_connection(accepted, routes, settings, stop));
+        conns.spawn(serve(accepted, shutdown.clone()));
     }
     drop(incoming);
     while conns.join_next().await.is_some() {}
@@ -389,31 +401,17 @@ impl HttpsSettings {
 
 /// Serves `router` on each accepted HTTPS connection until `shutdown`.
 pub async fn serve_https<I>(
-    mut incoming: I,
+    incoming: I,
     router: axum::Router,
     settings: HttpsSettings,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     I: Stream<Item = Accepted> + Unpin,
 {
-    let mut conns = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            a = incoming.next() => match a {
-                Some(a) => a,
-                None => break,
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            _ = shutdown.changed() => break,
-        };
-        conns.spawn(serve_https_connection(
-            accepted,
-            router.clone(),
-            settings,
-            shutdown.clone(),
-        ));
-    }
-    conns.abort_all();
+    each_connection(incoming, shutdown, move |accepted, stop| {
+        serve_https_connection(accepted, router.clone(), settings, stop)
+    })
+    .await;
 }
 
 async fn serve_https_connection(

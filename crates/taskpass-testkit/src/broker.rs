@@ -95,17 +95,8 @@ ca_file = "{ca}"
     /// Like [`TestBroker::start`] with extra TOML appended (e.g. a `[tokens]` table).
     pub async fn start_with(issuer: &DevIssuer, extra: &str) -> anyhow::Result<Self> {
         let tmp = tempfile::tempdir()?;
-        let dir = tmp.path().join("data");
-        let config = Self::config_toml(&dir, issuer, extra)?;
-        std::fs::write(tmp.path().join("taskpass.toml"), config)?;
-        let mut b = Self {
-            dir,
-            _tmp: Some(tmp),
-            child: None,
-            grpc_url: String::new(),
-            http_url: String::new(),
-            ca_pem: String::new(),
-        };
+        let mut b = Self::configure(issuer, tmp.path(), extra)?;
+        b._tmp = Some(tmp);
         b.spawn().await?;
         Ok(b)
     }
@@ -113,19 +104,24 @@ ca_file = "{ca}"
     /// Like [`TestBroker::start_with`] with the data dir at `root/data`, which the caller
     /// made (a mounted tmpfs, for instance); the config is written to `root/taskpass.toml`.
     pub async fn start_in(issuer: &DevIssuer, root: &Path, extra: &str) -> anyhow::Result<Self> {
+        let mut b = Self::configure(issuer, root, extra)?;
+        b.spawn().await?;
+        Ok(b)
+    }
+
+    /// Writes `root/taskpass.toml` for a data dir at `root/data`; starts nothing.
+    fn configure(issuer: &DevIssuer, root: &Path, extra: &str) -> anyhow::Result<Self> {
         let dir = root.join("data");
         let config = Self::config_toml(&dir, issuer, extra)?;
         std::fs::write(root.join("taskpass.toml"), config)?;
-        let mut b = Self {
+        Ok(Self {
             dir,
             _tmp: None,
             child: None,
             grpc_url: String::new(),
             http_url: String::new(),
             ca_pem: String::new(),
-        };
-        b.spawn().await?;
-        Ok(b)
+        })
     }
 
     fn config_path(&self) -> PathBuf {
