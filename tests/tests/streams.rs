@@ -209,6 +209,9 @@ async fn a_subscriber_too_far_behind_is_cut_off_and_resumes_without_a_gap() {
         .unwrap()
         .into_inner();
     revocations(&env, "sub-lag", 200).await;
+    // Not read for a while: the broker sees a subscriber that does not read, not one that
+    // reads through a burst (which would re-read the log instead).
+    tokio::time::sleep(Duration::from_secs(3)).await;
 
     // Read now: some events, then the cut-off naming where to resume.
     let mut seen = Vec::new();

@@ -227,6 +227,8 @@ impl Broker {
                 tracing::Span::current().record("agent_id", agent.id.as_str());
                 Ok(agent)
             }
+            // The store failing is the broker's fault, not a refusal of the caller's input.
+            Err(("store_error", e)) => Err(e),
             Err((rule, e)) => {
                 self.refusals.record(
                     Refusal {

@@ -246,7 +246,7 @@ const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// How often connections check whether they have been idle too long.
 fn idle_check(idle: Duration) -> Duration {
-    (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(2))
 }
 
 /// Serves gRPC on each accepted connection until `shutdown`; then every connection is
@@ -371,7 +371,8 @@ async fn serve_grpc_connection<S>(
             }
             _ = shutdown.changed(), if closing.is_none() => {
                 conn.as_mut().graceful_shutdown();
-                closing = Some((Instant::now(), crate::serve::GRACE));
+                // Less than the broker's own wait, so that it sees the connections end.
+                closing = Some((Instant::now(), crate::serve::GRACE.saturating_sub(Duration::from_secs(3))));
             }
         }
     }

@@ -45,11 +45,17 @@ impl Services {
             agent_id = tracing::field::Empty,
             task_id = tracing::field::Empty
         );
-        let r = match tokio::time::timeout(RPC_TIMEOUT, fut.instrument(span.clone())).await {
+        // VerifyAudit reads the whole log: its time grows with the log, not with load.
+        let limit = if rpc == "VerifyAudit" {
+            std::time::Duration::from_secs(3600)
+        } else {
+            RPC_TIMEOUT
+        };
+        let r = match tokio::time::timeout(limit, fut.instrument(span.clone())).await {
             Ok(r) => r,
             Err(_) => Err(ApiError::DeadlineExceeded(format!(
-                "the broker did not answer within {} s: retry",
-                RPC_TIMEOUT.as_secs()
+                "the broker did not answer within {} s",
+                limit.as_secs()
             ))),
         };
         let code = match &r {
@@ -163,8 +169,15 @@ struct Follower {
     live: tokio::sync::broadcast::Receiver<RevocationEvent>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     done: bool,
+    /// When the client last took an event (polled us): a stream that lags while it is being
+    /// read (a burst larger than the live feed holds) re-reads the log; one that lags
+    /// because nobody reads it is cut off.
+    last_taken: std::time::Instant,
     _slot: crate::broker::WatchSlot,
 }
+
+/// A lagging stream whose client took an event more recently than this is reading.
+const READING: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Follower {
     /// The next event after the cursor, without gaps or repeats; `None` at the end.
@@ -175,6 +188,7 @@ impl Follower {
         loop {
             if let Some(e) = self.page.pop_front() {
                 self.cursor = e.sequence;
+                self.last_taken = std::time::Instant::now();
                 return Some(Ok(event_to_pb(&e)));
             }
             if self.catching_up {
@@ -184,7 +198,13 @@ impl Follower {
                     .revocations_after(self.cursor, BACKLOG_PAGE)
                     .await
                 {
-                    Ok(batch) if batch.is_empty() => self.catching_up = false,
+                    Ok(batch) if batch.is_empty() => {
+                        // Caught up: what the live feed held meanwhile is in the log already.
+                        // A fresh receiver cannot have lagged; an event committed between the
+                        // read and now shows as a gap, which sends us back to the log.
+                        self.live = self.live.resubscribe();
+                        self.catching_up = false;
+                    }
                     Ok(batch) => self.page.extend(batch),
                     Err(e) => {
                         self.done = true;
@@ -198,12 +218,16 @@ impl Follower {
                     Ok(e) if e.sequence <= self.cursor => {}
                     Ok(e) if e.sequence == self.cursor + 1 => {
                         self.cursor = e.sequence;
+                        self.last_taken = std::time::Instant::now();
                         return Some(Ok(event_to_pb(&e)));
                     }
                     // A gap (a commit published out of order): read the log again.
                     Ok(_) => self.catching_up = true,
                     // The subscriber did not read while the live feed moved on by more than
                     // it holds: cut it off, naming where to resume.
+                    Err(RecvError::Lagged(_)) if self.last_taken.elapsed() < READING => {
+                        self.catching_up = true;
+                    }
                     Err(RecvError::Lagged(_)) => {
                         self.done = true;
                         return Some(Err(Status::resource_exhausted(format!(
@@ -272,6 +296,7 @@ impl pb::validation_service_server::ValidationService for Services {
                 catching_up: true,
                 live,
                 done: false,
+                last_taken: std::time::Instant::now(),
                 _slot: slot,
             };
             let stream = futures::stream::unfold(follower, |mut f| async move {

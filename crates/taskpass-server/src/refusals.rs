@@ -168,9 +168,11 @@ impl Refusals {
                 rule,
             };
             let room = t.counts.len() < self.max_keys;
+            let last = last_of(&d.detail).unwrap_or(d.time);
             if let Some(c) = t.counts.get_mut(&key) {
                 c.n += n;
                 c.first = c.first.min(d.time);
+                c.last = c.last.max(last);
             } else if room {
                 let example = d
                     .detail
@@ -182,7 +184,7 @@ impl Refusals {
                     Count {
                         n,
                         first: d.time,
-                        last: d.time,
+                        last,
                         agent_id: d.agent_id,
                         task_id: d.task_id,
                         example,
@@ -216,6 +218,13 @@ pub(crate) const RULES: &[&str] = &[
     "task_not_found",
     "task_not_open",
 ];
+
+fn last_of(detail: &str) -> Option<i64> {
+    detail
+        .split(' ')
+        .find_map(|w| w.strip_prefix("last="))
+        .and_then(|n| n.parse().ok())
+}
 
 fn count_of(detail: &str) -> u64 {
     detail

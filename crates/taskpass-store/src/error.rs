@@ -63,9 +63,10 @@ impl From<redb::StorageError> for StoreError {
         match e {
             // An I/O error latches the database: every later call fails with PreviousIo
             // until the file is reopened, which the writer does.
-            redb::StorageError::Io(_) | redb::StorageError::PreviousIo => {
-                StoreError::Unwritable(e.to_string())
-            }
+            // DatabaseClosed: a reader that held the file while the writer closed it.
+            redb::StorageError::Io(_)
+            | redb::StorageError::PreviousIo
+            | redb::StorageError::DatabaseClosed => StoreError::Unwritable(e.to_string()),
             other => StoreError::Engine(other.to_string()),
         }
     }

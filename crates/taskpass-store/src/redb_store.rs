@@ -303,6 +303,21 @@ fn init_schema(db: &Database) -> Result<Heads, StoreError> {
     Ok(heads)
 }
 
+/// The revocations after `after` up to and including `upto`, oldest first.
+fn read_revocations(
+    db: &Database,
+    after: u64,
+    upto: u64,
+) -> Result<Vec<RevocationEvent>, StoreError> {
+    let txn = db.begin_read()?;
+    let mut out = Vec::new();
+    for row in txn.open_table(REVOCATIONS)?.range(after + 1..=upto)? {
+        let (_, v) = row?;
+        out.push(decode("revocation", v.value())?);
+    }
+    Ok(out)
+}
+
 /// Loads the agents and open tasks into the cache, up to its capacity.
 fn warm_cache(db: &Database, cache: &RecordCache, capacity: usize) -> Result<(), StoreError> {
     let txn = db.begin_read()?;

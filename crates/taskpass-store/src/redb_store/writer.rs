@@ -326,7 +326,15 @@ impl Writer {
     /// Opens the file again, reloads the log heads and the cache, and hands it to readers.
     fn reopen(&mut self) -> Result<(), StoreError> {
         let db = open_db(&self.path, self.cache_size_bytes)?;
+        let announced = self.heads.revocation_seq;
         self.heads = init_schema(&db)?;
+        // A commit reported failed (EIO at fsync) may have reached the disk after all: its
+        // revocations are in the log but were never published. Publish them now.
+        if self.heads.revocation_seq > announced {
+            for e in super::read_revocations(&db, announced, self.heads.revocation_seq)? {
+                let _ = self.events_out.send(e);
+            }
+        }
         self.cache.clear();
         warm_cache(&db, &self.cache, self.cached_records)?;
         let db = Arc::new(db);
