@@ -212,6 +212,21 @@ fuzz_target!(|input: Input| {
             assert!(!act.sub.is_empty(), "empty act.sub accepted");
         }
     }
+    // One profile: what one reads, the other reads the same way.
+    if by_verifier.is_ok() {
+        assert!(by_ring.is_ok(), "Verifier accepted what KeyRing refused: {by_ring:?}");
+    }
+    if let Ok(c) = &by_ring {
+        let fits = c.iss == ISSUER
+            && c.aud == audience
+            && taskpass_core::jwt::check_times(c, now, DEFAULT_LEEWAY_SECS).is_ok();
+        if fits {
+            assert!(
+                by_verifier.is_ok(),
+                "KeyRing accepted what Verifier refused: {by_verifier:?}"
+            );
+        }
+    }
     if let (Ok(ring_claims), Ok(v)) = (&by_ring, &by_verifier) {
         assert_eq!(
             ring_claims, &v.claims,

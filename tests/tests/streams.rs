@@ -89,12 +89,13 @@ async fn thousands_of_unread_streams_are_capped_and_cheap() {
     let pid = env.broker.pid().unwrap();
     let before = rss(pid);
 
-    // 4,500 streams from five addresses, 15 per connection, none of them read.
+    // 4,500 streams from twenty addresses (225 each, under the per-address cap), 15 per
+    // connection, none of them read.
     let (url, ca) = (env.broker.grpc_url.clone(), env.broker.ca_pem.clone());
     let mut held = Vec::new();
     let mut refused = 0;
     for c in 0..300u32 {
-        let local: IpAddr = format!("127.0.0.{}", 2 + c % 5).parse().unwrap();
+        let local: IpAddr = format!("127.0.0.{}", 2 + c % 20).parse().unwrap();
         let mut val = Val::new(channel(&url, &ca, local, None).await);
         for _ in 0..15 {
             match val
@@ -188,6 +189,62 @@ async fn thousands_of_unread_streams_are_capped_and_cheap() {
         }
     }
     drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_stream() {
+    let env = Env::start_with(
+        "[limits]\nagent_requests_per_second = 0\nwatch_subscribers = 64\nwatch_subscribers_per_address = 20\nwatch_subscribers_per_connection = 8\n",
+    )
+    .await
+    .unwrap();
+    let (url, ca) = (env.broker.grpc_url.clone(), env.broker.ca_pem.clone());
+    // One client address opens connections until the broker refuses its streams.
+    let hog: IpAddr = "127.0.0.2".parse().unwrap();
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..4 {
+        let mut val = Val::new(channel(&url, &ca, hog, None).await);
+        for _ in 0..8 {
+            match val
+                .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+                .await
+            {
+                Ok(s) => held.push(s.into_inner()),
+                Err(s) => refused.push(s),
+            }
+        }
+    }
+    assert_eq!(held.len(), 20, "limits.watch_subscribers_per_address");
+    assert_eq!(refused.len(), 12);
+    for s in &refused {
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert!(
+            s.message().contains("limits.watch_subscribers_per_address"),
+            "{s:?}"
+        );
+    }
+    // Another client still gets a stream, and the hog gets one back when it lets one go.
+    let mut other = Val::new(channel(&url, &ca, "127.0.0.1".parse().unwrap(), None).await);
+    let _mine = other
+        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .await
+        .unwrap();
+    drop(held.pop());
+    let mut val = Val::new(channel(&url, &ca, hog, None).await);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match val
+            .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+            .await
+        {
+            Ok(_) => break,
+            Err(s) if s.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,7 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
             owner,
             purpose,
             oidc,
+            x509,
             audiences,
             scopes,
             max_ttl,
@@ -55,6 +56,7 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
                     .iter()
                     .map(|s| parse_binding(s))
                     .collect::<Result<_, _>>()?,
+                x509,
                 audiences,
                 scopes,
                 max_ttl_seconds: max_ttl.unwrap_or(0),

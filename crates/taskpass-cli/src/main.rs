@@ -97,8 +97,15 @@ pub enum AgentCmd {
         #[arg(long)]
         purpose: String,
         /// An OIDC identity that proves it: ISSUER=SUBJECT (repeatable).
-        #[arg(long = "oidc", value_name = "ISSUER=SUBJECT", required = true)]
+        #[arg(
+            long = "oidc",
+            value_name = "ISSUER=SUBJECT",
+            required_unless_present = "x509"
+        )]
         oidc: Vec<String>,
+        /// The SPIFFE id of a client certificate that proves it (repeatable).
+        #[arg(long = "x509", value_name = "SPIFFE_ID")]
+        x509: Vec<String>,
         /// An audience it may get tokens for (repeatable).
         #[arg(long = "audience", value_name = "AUD")]
         audiences: Vec<String>,

@@ -77,6 +77,7 @@ pub fn agent(a: &pb::Agent) -> Value {
         "name": a.name, "agent_id": a.agent_id, "owner": a.owner, "purpose": a.purpose,
         "tenant": a.tenant, "environment": a.environment, "state": agent_state(a.state),
         "oidc": a.oidc.iter().map(|b| json!({"issuer": b.issuer, "subject": b.subject})).collect::<Vec<_>>(),
+        "x509": a.x509,
         "audiences": a.audiences, "scopes": a.scopes, "max_ttl_seconds": a.max_ttl_seconds,
         "approval_scopes": a.approval_scopes, "review_every_days": a.review_every_days,
         "created_at": a.created_at, "updated_at": a.updated_at,

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AgentId, AgentName};
+use crate::ids::{AgentId, AgentName, SpiffeId};
 use crate::scope::{Audience, ScopeSet};
 
 /// The lifecycle state of an agent.
@@ -27,13 +27,51 @@ impl AgentState {
     }
 }
 
-/// An OIDC issuer and subject pair that proves an agent.
+/// One identity that proves an agent: each is bound to at most one agent.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct OidcBinding {
-    /// The issuer's `iss`, exactly.
-    pub issuer: String,
-    /// The token's `sub`, exactly.
-    pub subject: String,
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Binding {
+    /// An OIDC token from `issuer` (its `iss`, exactly) with `sub` `subject` (exactly).
+    Oidc {
+        /// The issuer's `iss`.
+        issuer: String,
+        /// The token's `sub`.
+        subject: String,
+    },
+    /// An X.509 client certificate whose one URI SAN is `spiffe_id`, from a CA that may
+    /// vouch for its trust domain.
+    X509 {
+        /// The certificate's SPIFFE id.
+        spiffe_id: SpiffeId,
+    },
+}
+
+impl Binding {
+    /// The binding's kind, as stored and printed: `oidc` or `x509`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Oidc { .. } => "oidc",
+            Self::X509 { .. } => "x509",
+        }
+    }
+
+    /// The identity as a unique key: kind and up to two parts.
+    pub fn key(&self) -> (&'static str, &str, &str) {
+        match self {
+            Self::Oidc { issuer, subject } => ("oidc", issuer, subject),
+            Self::X509 { spiffe_id } => ("x509", spiffe_id.as_str(), ""),
+        }
+    }
+}
+
+impl std::fmt::Display for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Oidc { issuer, subject } => write!(f, "OIDC identity {issuer}={subject}"),
+            Self::X509 { spiffe_id } => write!(f, "certificate identity {spiffe_id}"),
+        }
+    }
 }
 
 /// What an agent may ask for.
@@ -66,8 +104,9 @@ pub struct Agent {
     pub environment: String,
     /// Lifecycle state.
     pub state: AgentState,
-    /// The OIDC identities that prove it.
-    pub oidc: Vec<OidcBinding>,
+    /// The identities that prove it.
+    #[serde(default)]
+    pub bindings: Vec<Binding>,
     /// What it may ask for.
     pub allow: AllowList,
     /// How often its owner must review it, in days (0 = never set).

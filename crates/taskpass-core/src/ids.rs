@@ -127,6 +127,91 @@ impl fmt::Display for AgentId {
     }
 }
 
+/// A SPIFFE id as the SPIFFE standard defines it: `spiffe://<trust domain>/<path>`, lowercase
+/// scheme and trust domain, path segments of letters, digits, `.`, `-` and `_` (none empty,
+/// none `.` or `..`), no trailing `/`, no query, fragment, port or user info. Only the
+/// canonical spelling parses, so two spellings never name one identity.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SpiffeId {
+    id: String,
+    /// Where the path starts (after the trust domain).
+    path_at: usize,
+}
+
+impl SpiffeId {
+    /// Parses a SPIFFE id, canonical form only.
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        check_len("SPIFFE id", s, 2048)?;
+        let bad = |why: &'static str| ParseError::Invalid {
+            what: "SPIFFE id",
+            value: shown(s),
+            why,
+        };
+        let rest = s
+            .strip_prefix("spiffe://")
+            .ok_or_else(|| bad("it must start with spiffe:// (lowercase)"))?;
+        let (td, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => return Err(bad("it needs a path after the trust domain")),
+        };
+        TrustDomain::parse(td).map_err(|_| {
+            bad("the trust domain holds only lowercase letters, digits, '.', '-' and '_'")
+        })?;
+        for seg in path[1..].split('/') {
+            if seg.is_empty() || seg == "." || seg == ".." {
+                return Err(bad("path segments must not be empty, '.' or '..'"));
+            }
+            if !seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            {
+                return Err(bad(
+                    "path segments hold only letters, digits, '.', '-' and '_'",
+                ));
+            }
+        }
+        Ok(Self {
+            id: s.to_owned(),
+            path_at: "spiffe://".len() + td.len(),
+        })
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.id
+    }
+
+    /// The trust domain's name.
+    pub fn trust_domain(&self) -> &str {
+        &self.id["spiffe://".len()..self.path_at]
+    }
+
+    /// The path, from its leading `/`.
+    pub fn path(&self) -> &str {
+        &self.id[self.path_at..]
+    }
+}
+
+impl TryFrom<String> for SpiffeId {
+    type Error = ParseError;
+    fn try_from(s: String) -> Result<Self, ParseError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<SpiffeId> for String {
+    fn from(v: SpiffeId) -> String {
+        v.id
+    }
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.id)
+    }
+}
+
 macro_rules! ulid_id {
     ($name:ident, $prefix:literal, $what:literal) => {
         #[doc = concat!("A ", $what, " id: `", $prefix, "` and a ULID, so ids sort by creation time.")]
@@ -196,6 +281,34 @@ ulid_id!(TokenId, "tok_", "token");
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn spiffe_ids_parse_in_canonical_form_only() {
+        let id = super::SpiffeId::parse("spiffe://example.org/ns/prod/sa/billing").unwrap();
+        assert_eq!(id.trust_domain(), "example.org");
+        assert_eq!(id.path(), "/ns/prod/sa/billing");
+        for bad in [
+            "",
+            "spiffe://example.org",
+            "spiffe://example.org/",
+            "spiffe://example.org/a/",
+            "spiffe://example.org//a",
+            "spiffe://example.org/a/../b",
+            "spiffe://example.org/./a",
+            "SPIFFE://example.org/a",
+            "spiffe://Example.org/a",
+            "spiffe://example.org:443/a",
+            "spiffe://user@example.org/a",
+            "spiffe://example.org/a?x=1",
+            "spiffe://example.org/a#f",
+            "spiffe://example.org/a%2Fb",
+            "spiffe:///a",
+            "https://example.org/a",
+        ] {
+            assert!(super::SpiffeId::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(super::SpiffeId::parse(&format!("spiffe://e/{}", "a".repeat(2100))).is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -17,6 +17,7 @@ mod audit;
 mod clock;
 mod error;
 mod ids;
+pub mod jwt;
 mod operator;
 mod policy;
 mod revocation;
@@ -24,11 +25,11 @@ mod scope;
 mod task;
 mod token;
 
-pub use agent::{Agent, AgentState, AllowList, OidcBinding};
+pub use agent::{Agent, AgentState, AllowList, Binding};
 pub use audit::{AuditEntry, AuditOutcome, ChainProblem, GENESIS_HASH, verify_chain};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ParseError;
-pub use ids::{AgentId, AgentName, TaskId, TokenId, TrustDomain};
+pub use ids::{AgentId, AgentName, SpiffeId, TaskId, TokenId, TrustDomain};
 pub use operator::{Operator, Permission, Role};
 pub use policy::{
     Denial, DenialKind, IssueGrant, IssueRequest, Limits, StartGrant, StartRequest, decide_issue,
@@ -37,4 +38,4 @@ pub use policy::{
 pub use revocation::{RevocationEvent, RevocationKind};
 pub use scope::{Audience, Purpose, Scope, ScopeSet, limits as input_limits};
 pub use task::{Task, TaskState};
-pub use token::{AccessClaims, Actor, TokenRecord};
+pub use token::{AccessClaims, Actor, Confirmation, TokenRecord, certificate_thumbprint};

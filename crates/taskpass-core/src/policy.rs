@@ -310,7 +310,7 @@ fn effective_ttl(requested: u32, agent_max: Option<u32>, limits: &Limits) -> u32
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::{AllowList, OidcBinding};
+    use crate::agent::{AllowList, Binding};
     use crate::ids::{AgentName, TaskId, TrustDomain};
     use proptest::prelude::*;
 
@@ -324,7 +324,7 @@ mod tests {
             tenant: String::new(),
             environment: String::new(),
             state: AgentState::Active,
-            oidc: vec![OidcBinding {
+            bindings: vec![Binding::Oidc {
                 issuer: "i".into(),
                 subject: "s".into(),
             }],

@@ -31,6 +31,95 @@ pub struct Actor {
     pub sub: String,
 }
 
+/// The `cnf` claim: what a token is bound to, so that only the holder can use it. Exactly one
+/// member; any other shape is refused when a token is read (a binding nobody can check must
+/// not pass as no binding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirmation {
+    /// `{"x5t#S256": …}` (RFC 8705): the base64url SHA-256 of the client certificate (DER)
+    /// the token was issued to.
+    Certificate(String),
+    /// `{"jkt": …}` (RFC 9449): the RFC 7638 thumbprint of the DPoP key.
+    Key(String),
+}
+
+impl Confirmation {
+    /// The binding to the certificate `leaf_der`.
+    pub fn for_certificate(leaf_der: &[u8]) -> Self {
+        Self::Certificate(certificate_thumbprint(leaf_der))
+    }
+
+    /// Whether this is a certificate binding that `leaf_der` fulfils.
+    pub fn matches_certificate(&self, leaf_der: &[u8]) -> bool {
+        use subtle::ConstantTimeEq as _;
+        match self {
+            Self::Certificate(t) => {
+                let presented = certificate_thumbprint(leaf_der);
+                bool::from(t.as_bytes().ct_eq(presented.as_bytes()))
+            }
+            Self::Key(_) => false,
+        }
+    }
+
+    /// Whether this is a key binding to the key with RFC 7638 thumbprint `jkt`.
+    pub fn matches_key(&self, jkt: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
+        match self {
+            Self::Key(t) => bool::from(t.as_bytes().ct_eq(jkt.as_bytes())),
+            Self::Certificate(_) => false,
+        }
+    }
+}
+
+/// base64url (no padding) of the SHA-256 of a certificate's DER: `x5t#S256`.
+pub fn certificate_thumbprint(der: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(ring::digest::digest(&ring::digest::SHA256, der))
+}
+
+/// A thumbprint as both bindings write it: base64url of 32 bytes, 43 characters.
+fn is_thumbprint(s: &str) -> bool {
+    use base64::Engine as _;
+    s.len() == 43
+        && base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .is_ok_and(|b| b.len() == 32)
+}
+
+impl Serialize for Confirmation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut m = s.serialize_map(Some(1))?;
+        match self {
+            Self::Certificate(t) => m.serialize_entry("x5t#S256", t)?,
+            Self::Key(t) => m.serialize_entry("jkt", t)?,
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Confirmation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let m = std::collections::BTreeMap::<String, String>::deserialize(d)?;
+        let mut it = m.into_iter();
+        let (Some((name, value)), None) = (it.next(), it.next()) else {
+            return Err(D::Error::custom("cnf must have exactly one member"));
+        };
+        if !is_thumbprint(&value) {
+            return Err(D::Error::custom("cnf holds a thumbprint of the wrong form"));
+        }
+        match name.as_str() {
+            "x5t#S256" => Ok(Self::Certificate(value)),
+            "jkt" => Ok(Self::Key(value)),
+            _ => Err(D::Error::custom(
+                "cnf names a binding Taskpass does not know",
+            )),
+        }
+    }
+}
+
 /// The claims of a Taskpass access token (RFC 9068 profile).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
@@ -59,7 +148,7 @@ pub struct AccessClaims {
     pub act: Option<Actor>,
     /// Confirmation (RFC 7800): present when the token is bound to a certificate or key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cnf: Option<serde_json::Map<String, serde_json::Value>>,
+    pub cnf: Option<Confirmation>,
 }
 
 impl AccessClaims {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use rustls_pki_types::CertificateDer;
 use taskpass_core::{
-    Agent, AgentName, AgentState, AllowList, Audience, AuditEntry, AuditOutcome, OidcBinding,
-    Operator, Permission, Role, ScopeSet, TaskId, TaskState, TokenId, TokenRecord,
+    Agent, AgentName, AgentState, AllowList, Audience, AuditEntry, AuditOutcome, Binding, Operator,
+    Permission, Role, ScopeSet, SpiffeId, TaskId, TaskState, TokenId, TokenRecord,
 };
 use taskpass_proto::v1 as pb;
 use taskpass_store::{ChangeAgentState, EndTask};
@@ -105,11 +105,22 @@ pub(crate) fn agent_to_pb(a: &Agent) -> pb::Agent {
         environment: a.environment.clone(),
         state: agent_state_pb(a.state).into(),
         oidc: a
-            .oidc
+            .bindings
             .iter()
-            .map(|b| pb::OidcBinding {
-                issuer: b.issuer.clone(),
-                subject: b.subject.clone(),
+            .filter_map(|b| match b {
+                Binding::Oidc { issuer, subject } => Some(pb::OidcBinding {
+                    issuer: issuer.clone(),
+                    subject: subject.clone(),
+                }),
+                _ => None,
+            })
+            .collect(),
+        x509: a
+            .bindings
+            .iter()
+            .filter_map(|b| match b {
+                Binding::X509 { spiffe_id } => Some(spiffe_id.to_string()),
+                _ => None,
             })
             .collect(),
         audiences: a.allow.audiences.iter().map(|x| x.to_string()).collect(),
@@ -156,20 +167,21 @@ impl Broker {
         Ok(())
     }
 
-    fn parse_agent(&self, a: pb::Agent, now: i64) -> Result<Agent, ApiError> {
-        let name = AgentName::parse(&a.name).map_err(|e| ApiError::field("name", e))?;
-        if a.oidc.is_empty() {
+    /// The agent's identities, each one this broker can verify.
+    fn parse_bindings(&self, a: &pb::Agent) -> Result<Vec<Binding>, ApiError> {
+        if a.oidc.is_empty() && a.x509.is_empty() {
             return Err(ApiError::InvalidArgument(
-                "an agent needs at least one attestation: --oidc ISSUER=SUBJECT".into(),
+                "an agent needs at least one attestation: --oidc ISSUER=SUBJECT or --x509 SPIFFE_ID"
+                    .into(),
             ));
         }
-        if a.oidc.len() > MAX_BINDINGS {
+        if a.oidc.len() + a.x509.len() > MAX_BINDINGS {
             return Err(ApiError::InvalidArgument(format!(
-                "at most {MAX_BINDINGS} OIDC identities per agent"
+                "at most {MAX_BINDINGS} identities (--oidc and --x509) per agent"
             )));
         }
-        let mut oidc = Vec::with_capacity(a.oidc.len());
-        for b in a.oidc {
+        let mut out = Vec::with_capacity(a.oidc.len() + a.x509.len());
+        for b in &a.oidc {
             let issuer = text("oidc issuer", &b.issuer, true)?;
             let subject = text("oidc subject", &b.subject, true)?;
             if !self.trusted_issuers.contains(&issuer) {
@@ -177,8 +189,44 @@ impl Broker {
                     "OIDC issuer {issuer:?} is not trusted by this broker: add it under [[attestation.oidc]] first"
                 )));
             }
-            oidc.push(OidcBinding { issuer, subject });
+            out.push(Binding::Oidc { issuer, subject });
         }
+        for id in &a.x509 {
+            let spiffe_id = SpiffeId::parse(id).map_err(|e| ApiError::field("x509", e))?;
+            if !self
+                .x509_trust_domains
+                .iter()
+                .any(|td| td == spiffe_id.trust_domain())
+            {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "no certificate authority of this broker may vouch for trust domain {:?}: add a CA for it under [[attestation.x509]] first",
+                    spiffe_id.trust_domain()
+                )));
+            }
+            // The broker's own operators and validators are never agents.
+            if spiffe_id.trust_domain() == self.trust_domain.as_str()
+                && !spiffe_id.path().starts_with("/agent/")
+            {
+                return Err(ApiError::InvalidArgument(format!(
+                    "{spiffe_id} is not an agent identity: certificates of trust domain {} prove agents only under /agent/",
+                    self.trust_domain
+                )));
+            }
+            out.push(Binding::X509 { spiffe_id });
+        }
+        if let Some(dup) = out
+            .iter()
+            .enumerate()
+            .find_map(|(i, b)| out[..i].contains(b).then_some(b))
+        {
+            return Err(ApiError::InvalidArgument(format!("{dup} is given twice")));
+        }
+        Ok(out)
+    }
+
+    fn parse_agent(&self, a: pb::Agent, now: i64) -> Result<Agent, ApiError> {
+        let name = AgentName::parse(&a.name).map_err(|e| ApiError::field("name", e))?;
+        let bindings = self.parse_bindings(&a)?;
         let max_ttl_seconds = match a.max_ttl_seconds {
             0 => None,
             n if n > self.limits.max_ttl_seconds => {
@@ -197,7 +245,7 @@ impl Broker {
             tenant: text("tenant", &a.tenant, false)?,
             environment: text("environment", &a.environment, false)?,
             state: AgentState::Active,
-            oidc,
+            bindings,
             allow: AllowList {
                 audiences: Audience::parse_list(&a.audiences)
                     .map_err(|e| ApiError::field("audiences", e))?,

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use taskpass_attest::{AttestError, AttestationMethod, Attestor, Evidence};
 use taskpass_core::{
-    AccessClaims, Agent, AgentState, Audience, AuditEntry, AuditOutcome, Clock, IssueRequest,
-    Limits, Purpose, ScopeSet, StartRequest, Task, TaskId, TaskState, TokenId, TokenRecord,
-    TrustDomain, decide_issue, decide_start_task,
+    AccessClaims, Agent, AgentState, Audience, AuditEntry, AuditOutcome, Binding, Clock,
+    IssueRequest, Limits, Purpose, ScopeSet, StartRequest, Task, TaskId, TaskState, TokenId,
+    TokenRecord, TrustDomain, decide_issue, decide_start_task,
 };
 use taskpass_proto::v1 as pb;
 use taskpass_store::{EndTask, Store};
@@ -32,6 +32,8 @@ pub struct Broker {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) trusted_issuers: Vec<String>,
+    /// The trust domains some certificate authority of this broker may vouch for.
+    pub(crate) x509_trust_domains: Vec<String>,
     /// Becomes true when the broker shuts down: long-lived streams end on it.
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
     /// Per-agent request rate limit.
@@ -53,12 +55,15 @@ pub(crate) struct Connections {
     pub(crate) watches: Arc<WatchSlots>,
 }
 
-/// Live WatchRevocations streams: at most `total`, at most `per_connection` on one.
+/// Live WatchRevocations streams: at most `total`, at most `per_address` from one client
+/// and at most `per_connection` on one connection.
 #[derive(Debug)]
 pub(crate) struct WatchSlots {
     total: usize,
+    per_address: usize,
     per_connection: usize,
     live: std::sync::atomic::AtomicUsize,
+    by_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     refused: std::sync::atomic::AtomicU64,
 }
 
@@ -70,13 +75,24 @@ pub(crate) struct WatchSlot {
 }
 
 impl WatchSlots {
-    pub(crate) fn new(total: u32, per_connection: u32) -> Arc<Self> {
+    pub(crate) fn new(total: u32, per_address: u32, per_connection: u32) -> Arc<Self> {
+        let size = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
         Arc::new(Self {
-            total: usize::try_from(total).unwrap_or(usize::MAX),
-            per_connection: usize::try_from(per_connection).unwrap_or(usize::MAX),
+            total: size(total),
+            per_address: size(per_address),
+            per_connection: size(per_connection),
             live: std::sync::atomic::AtomicUsize::new(0),
+            by_address: std::sync::Mutex::default(),
             refused: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    fn by_address(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        self.by_address
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A place for one more stream on `conn`, or why not.
@@ -106,6 +122,20 @@ impl WatchSlots {
                 self.per_connection
             ));
         }
+        if let Some(c) = &conn {
+            let mut by_address = self.by_address();
+            let mine = by_address.entry(c.client).or_insert(0);
+            if *mine >= self.per_address {
+                drop(by_address);
+                c.watches.fetch_sub(1, Ordering::AcqRel);
+                self.live.fetch_sub(1, Ordering::AcqRel);
+                return refuse(format!(
+                    "at most {} revocation streams from one client address (limits.watch_subscribers_per_address)",
+                    self.per_address
+                ));
+            }
+            *mine += 1;
+        }
         Ok(WatchSlot {
             slots: Arc::clone(self),
             conn,
@@ -128,6 +158,13 @@ impl Drop for WatchSlot {
         use std::sync::atomic::Ordering;
         if let Some(c) = &self.conn {
             c.watches.fetch_sub(1, Ordering::AcqRel);
+            let mut by_address = self.slots.by_address();
+            if let Some(n) = by_address.get_mut(&c.client) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    by_address.remove(&c.client);
+                }
+            }
         }
         self.slots.live.fetch_sub(1, Ordering::AcqRel);
     }
@@ -145,7 +182,7 @@ impl Caller {
     /// port, so that one client's connections count together).
     fn source(&self) -> String {
         match self.addr {
-            Some(a) => format!("source:{}", a.ip()),
+            Some(a) => format!("source:{}", crate::conn::client_key(a.ip())),
             None => "source:unknown".into(),
         }
     }
@@ -286,8 +323,8 @@ impl Broker {
                     other => ApiError::Unauthenticated(format!("attestation refused: {other}")),
                 })
             })?;
-        let (issuer, subject) = match &identity.method {
-            AttestationMethod::Oidc { issuer, subject } => (issuer, subject),
+        let binding = match identity.method {
+            AttestationMethod::Oidc { issuer, subject } => Binding::Oidc { issuer, subject },
             #[allow(unreachable_patterns, reason = "the enum is non_exhaustive")]
             _ => {
                 return Err(refused(ApiError::Unauthenticated(
@@ -297,13 +334,16 @@ impl Broker {
         };
         let agent = self
             .store
-            .agent_by_oidc(issuer, subject)
+            .agent_by_binding(&binding)
             .await
             .map_err(|e| ("store_error", e.into()))?;
         agent.ok_or_else(|| {
-            ("no_matching_agent", ApiError::Unauthenticated(format!(
-                "attested identity (issuer {issuer:?}, subject {subject:?}) matches no registered agent: an operator must register it"
-            )))
+            (
+                "no_matching_agent",
+                ApiError::Unauthenticated(format!(
+                    "attested {binding} matches no registered agent: an operator must register it"
+                )),
+            )
         })
     }
 

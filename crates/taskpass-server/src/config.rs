@@ -101,6 +101,8 @@ pub struct LimitsSection {
     pub keepalive_timeout_seconds: u32,
     /// Live WatchRevocations streams, in total.
     pub watch_subscribers: u32,
+    /// Live WatchRevocations streams from one client address (an IPv6 client by its /64).
+    pub watch_subscribers_per_address: u32,
     /// Live WatchRevocations streams on one connection.
     pub watch_subscribers_per_connection: u32,
     /// How far (in events) a WatchRevocations stream may fall behind the live feed before
@@ -133,6 +135,7 @@ impl Default for LimitsSection {
             keepalive_interval_seconds: 30,
             keepalive_timeout_seconds: 10,
             watch_subscribers: 4096,
+            watch_subscribers_per_address: 256,
             watch_subscribers_per_connection: 16,
             watch_lag_events: 4096,
             https_header_timeout_seconds: 5,
@@ -170,6 +173,10 @@ impl LimitsSection {
         at_least_1("watch_subscribers", self.watch_subscribers);
         at_least_1("watch_lag_events", self.watch_lag_events);
         at_least_1(
+            "watch_subscribers_per_address",
+            self.watch_subscribers_per_address,
+        );
+        at_least_1(
             "watch_subscribers_per_connection",
             self.watch_subscribers_per_connection,
         );
@@ -201,6 +208,12 @@ impl LimitsSection {
         if self.max_connections_per_address > self.max_connections {
             p.push(
                 "limits.max_connections_per_address is larger than limits.max_connections".into(),
+            );
+        }
+        if self.watch_subscribers_per_address > self.watch_subscribers {
+            p.push(
+                "limits.watch_subscribers_per_address is larger than limits.watch_subscribers"
+                    .into(),
             );
         }
         if self.watch_subscribers_per_connection > self.max_concurrent_streams {

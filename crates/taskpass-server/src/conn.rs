@@ -73,6 +73,7 @@ impl Admission {
 
     /// A place for a new connection from `ip`, or `None` when a cap is reached.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Permit> {
+        let ip = client_key(ip);
         let mut open = self.lock();
         let mine = open.by_address.get(&ip).copied().unwrap_or(0);
         if open.total >= self.max_total || mine >= self.max_per_address {
@@ -108,6 +109,29 @@ impl Admission {
     }
 }
 
+impl Permit {
+    /// The client the connection counts against (see [`client_key`]).
+    pub fn client(&self) -> IpAddr {
+        self.ip
+    }
+}
+
+/// The address a client's connections and streams are counted under: an IPv4 address as
+/// it is (an IPv4-mapped IPv6 address as its IPv4 form), an IPv6 address by its /64, the
+/// smallest block a host is usually given, so that one host cannot take a fresh place per
+/// address it can pick.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut open = self.admission.lock();
@@ -131,20 +155,23 @@ pub struct Accepted {
 }
 
 /// What the requests of one connection share: how many are in flight (for the idle
-/// timeout) and how many revocation streams it holds (for their per-connection cap).
+/// timeout), who the client is and how many revocation streams it holds (for their caps).
 #[derive(Debug)]
 pub struct ConnState {
     in_flight: AtomicUsize,
     idle_since: Mutex<Instant>,
+    /// The client, as [`client_key`] counts it.
+    pub client: IpAddr,
     /// Live WatchRevocations streams on this connection.
     pub watches: AtomicUsize,
 }
 
 impl ConnState {
-    fn new() -> Arc<Self> {
+    fn new(client: IpAddr) -> Arc<Self> {
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
+            client,
             watches: AtomicUsize::new(0),
         })
     }
@@ -316,7 +343,7 @@ async fn serve_grpc_connection<S>(
     let stream = crate::tls::GrpcStream(stream);
     // The peer's address and verified certificates, as tonic's own server would attach them.
     let info = stream.connect_info();
-    let state = ConnState::new();
+    let state = ConnState::new(permit.client());
     let svc = {
         let state = Arc::clone(&state);
         tower::service_fn(move |mut req: http::Request<Incoming>| {
@@ -422,7 +449,7 @@ async fn serve_https_connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let Accepted { stream, permit } = accepted;
-    let state = ConnState::new();
+    let state = ConnState::new(permit.client());
     let svc = {
         let state = Arc::clone(&state);
         tower::service_fn(move |req: http::Request<Incoming>| {
@@ -521,8 +548,24 @@ mod tests {
     }
 
     #[test]
+    fn clients_are_counted_by_ipv4_address_and_ipv6_slash_64() {
+        let key = |s: &str| client_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        let a = Admission::new("test", 10, 1);
+        let _p = a.admit("2001:db8::1".parse().unwrap()).unwrap();
+        assert!(
+            a.admit("2001:db8::2".parse().unwrap()).is_none(),
+            "a second address in the same /64 is the same client"
+        );
+    }
+
+    #[test]
     fn a_tracked_body_keeps_its_connection_busy() {
-        let state = ConnState::new();
+        let state = ConnState::new(IpAddr::from([127, 0, 0, 1]));
         assert!(state.idle_for().is_some());
         let body: Tracked<TestBody> = Tracked {
             inner: TestBody::new(Bytes::from_static(b"x")),

@@ -199,6 +199,7 @@ pub async fn serve(
         clock: Arc::clone(&clock),
         metrics: Arc::new(Metrics::default()),
         trusted_issuers: config.oidc.iter().map(|o| o.issuer.clone()).collect(),
+        x509_trust_domains: vec![config.trust_domain.to_string()],
         shutdown: shutdown_rx.clone(),
         rate: config
             .agent_rate
@@ -217,6 +218,7 @@ pub async fn serve(
             ),
             watches: crate::broker::WatchSlots::new(
                 config.caps.watch_subscribers,
+                config.caps.watch_subscribers_per_address,
                 config.caps.watch_subscribers_per_connection,
             ),
         },

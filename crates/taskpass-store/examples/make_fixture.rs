@@ -7,8 +7,8 @@
 use std::io::Write;
 
 use taskpass_core::{
-    Agent, AgentName, AgentState, AllowList, Audience, AuditEntry, OidcBinding, Purpose, ScopeSet,
-    Task, TaskId, TaskState, TokenId, TokenRecord, TrustDomain,
+    Agent, AgentName, AgentState, AllowList, Audience, AuditEntry, Binding, Purpose, ScopeSet,
+    SpiffeId, Task, TaskId, TaskState, TokenId, TokenRecord, TrustDomain,
 };
 use taskpass_store::{EndTask, RedbStore, SCHEMA_VERSION, Store, StoreOptions};
 
@@ -27,10 +27,15 @@ async fn main() {
             tenant: "t".into(),
             environment: "e".into(),
             state: AgentState::Active,
-            oidc: vec![OidcBinding {
-                issuer: "https://issuer.example".into(),
-                subject: "sub".into(),
-            }],
+            bindings: vec![
+                Binding::Oidc {
+                    issuer: "https://issuer.example".into(),
+                    subject: "sub".into(),
+                },
+                Binding::X509 {
+                    spiffe_id: SpiffeId::parse("spiffe://example.org/agent/fixture-bot").unwrap(),
+                },
+            ],
             allow: AllowList {
                 audiences: Audience::parse_list(&["https://api.example"]).unwrap(),
                 scopes: ScopeSet::parse(&["read", "write"]).unwrap(),

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use taskpass_core::{Agent, AgentState, Task};
+use taskpass_core::{Agent, AgentState, Binding, Task};
 
 /// The cache itself; shared by the writer thread and every reader.
 #[derive(Debug)]
@@ -25,8 +25,11 @@ pub(crate) struct RecordCache {
 struct Maps {
     /// Agent name → agent.
     agents: HashMap<String, Arc<Agent>>,
-    /// OIDC issuer → subject → agent name, for the cached agents that are not offboarded.
-    bindings: HashMap<String, HashMap<String, String>>,
+    /// OIDC issuer → subject → agent name, for the cached agents that are not offboarded
+    /// (nested, so that a lookup borrows the two strings instead of building a key).
+    oidc: HashMap<String, HashMap<String, String>>,
+    /// SPIFFE id → agent name, likewise.
+    x509: HashMap<String, String>,
     /// Task id → task, for tasks not in a final state.
     tasks: HashMap<String, Arc<Task>>,
 }
@@ -66,9 +69,14 @@ impl RecordCache {
         self.read().agents.get(name).cloned()
     }
 
-    pub(crate) fn agent_by_oidc(&self, issuer: &str, subject: &str) -> Option<Arc<Agent>> {
+    pub(crate) fn agent_by_binding(&self, binding: &Binding) -> Option<Arc<Agent>> {
         let maps = self.read();
-        let name = maps.bindings.get(issuer)?.get(subject)?;
+        let name = match binding {
+            Binding::Oidc { issuer, subject } => maps.oidc.get(issuer)?.get(subject)?,
+            Binding::X509 { spiffe_id } => maps.x509.get(spiffe_id.as_str())?,
+            #[allow(unreachable_patterns, reason = "the enum is non_exhaustive")]
+            _ => return None,
+        };
         maps.agents.get(name).cloned()
     }
 
@@ -105,7 +113,12 @@ impl RecordCache {
     #[cfg(test)]
     fn bindings(&self) -> usize {
         let maps = self.read();
-        let names: Vec<&String> = maps.bindings.values().flat_map(|s| s.values()).collect();
+        let names: Vec<&String> = maps
+            .oidc
+            .values()
+            .flat_map(|s| s.values())
+            .chain(maps.x509.values())
+            .collect();
         assert!(names.iter().all(|n| maps.agents.contains_key(*n)));
         names.len()
     }
@@ -121,11 +134,20 @@ impl Maps {
         }
         self.remove_agent(&name);
         if agent.state != AgentState::Offboarded {
-            for b in &agent.oidc {
-                self.bindings
-                    .entry(b.issuer.clone())
-                    .or_default()
-                    .insert(b.subject.clone(), name.clone());
+            for b in &agent.bindings {
+                match b {
+                    Binding::Oidc { issuer, subject } => {
+                        self.oidc
+                            .entry(issuer.clone())
+                            .or_default()
+                            .insert(subject.clone(), name.clone());
+                    }
+                    Binding::X509 { spiffe_id } => {
+                        self.x509.insert(spiffe_id.to_string(), name.clone());
+                    }
+                    #[allow(unreachable_patterns, reason = "the enum is non_exhaustive")]
+                    _ => {}
+                }
             }
         }
         self.agents.insert(name, agent);
@@ -135,14 +157,25 @@ impl Maps {
         let Some(old) = self.agents.remove(name) else {
             return;
         };
-        for b in &old.oidc {
-            if let Some(subjects) = self.bindings.get_mut(&b.issuer) {
-                if subjects.get(&b.subject).is_some_and(|n| n == name) {
-                    subjects.remove(&b.subject);
+        for b in &old.bindings {
+            match b {
+                Binding::Oidc { issuer, subject } => {
+                    if let Some(subjects) = self.oidc.get_mut(issuer) {
+                        if subjects.get(subject).is_some_and(|n| n == name) {
+                            subjects.remove(subject);
+                        }
+                        if subjects.is_empty() {
+                            self.oidc.remove(issuer);
+                        }
+                    }
                 }
-                if subjects.is_empty() {
-                    self.bindings.remove(&b.issuer);
+                Binding::X509 { spiffe_id }
+                    if self.x509.get(spiffe_id.as_str()).is_some_and(|n| n == name) =>
+                {
+                    self.x509.remove(spiffe_id.as_str());
                 }
+                #[allow(unreachable_patterns, reason = "the enum is non_exhaustive")]
+                _ => {}
             }
         }
     }
@@ -164,11 +197,16 @@ impl Maps {
 
 #[cfg(test)]
 mod tests {
-    use taskpass_core::{
-        AgentName, AllowList, OidcBinding, Purpose, ScopeSet, TaskId, TaskState, TrustDomain,
-    };
+    use taskpass_core::{AgentName, AllowList, Purpose, ScopeSet, TaskId, TaskState, TrustDomain};
 
     use super::*;
+
+    fn oidc(issuer: &str, subject: &str) -> Binding {
+        Binding::Oidc {
+            issuer: issuer.into(),
+            subject: subject.into(),
+        }
+    }
 
     fn agent(name: &str, subject: &str, state: AgentState) -> Arc<Agent> {
         let td = TrustDomain::parse("example.org").unwrap();
@@ -181,7 +219,7 @@ mod tests {
             tenant: String::new(),
             environment: String::new(),
             state,
-            oidc: vec![OidcBinding {
+            bindings: vec![Binding::Oidc {
                 issuer: "https://idp".into(),
                 subject: subject.into(),
             }],
@@ -229,15 +267,29 @@ mod tests {
         cache.apply(changes(&[Arc::clone(&a)], &[]));
         assert_eq!(cache.agent("alpha").as_deref(), Some(&*a));
         assert_eq!(
-            cache.agent_by_oidc("https://idp", "sub-a").as_deref(),
+            cache
+                .agent_by_binding(&oidc("https://idp", "sub-a"))
+                .as_deref(),
             Some(&*a)
         );
-        assert!(cache.agent_by_oidc("https://idp", "sub-b").is_none());
-        assert!(cache.agent_by_oidc("https://other", "sub-a").is_none());
+        assert!(
+            cache
+                .agent_by_binding(&oidc("https://idp", "sub-b"))
+                .is_none()
+        );
+        assert!(
+            cache
+                .agent_by_binding(&oidc("https://other", "sub-a"))
+                .is_none()
+        );
 
         let gone = agent("alpha", "sub-a", AgentState::Offboarded);
         cache.apply(changes(&[Arc::clone(&gone)], &[]));
-        assert!(cache.agent_by_oidc("https://idp", "sub-a").is_none());
+        assert!(
+            cache
+                .agent_by_binding(&oidc("https://idp", "sub-a"))
+                .is_none()
+        );
         assert_eq!(cache.bindings(), 0);
         assert_eq!(cache.agent("alpha").unwrap().state, AgentState::Offboarded);
     }
@@ -265,7 +317,7 @@ mod tests {
         let found = (0..5)
             .filter(|i| {
                 cache
-                    .agent_by_oidc("https://idp", &format!("s{i}"))
+                    .agent_by_binding(&oidc("https://idp", &format!("s{i}")))
                     .is_some()
             })
             .count();

@@ -28,8 +28,8 @@ use std::fmt;
 
 use async_trait::async_trait;
 use taskpass_core::{
-    Agent, AgentId, AgentName, AgentState, AuditEntry, RevocationEvent, Task, TaskId, TaskState,
-    TokenId, TokenRecord,
+    Agent, AgentId, AgentName, AgentState, AuditEntry, Binding, RevocationEvent, Task, TaskId,
+    TaskState, TokenId, TokenRecord,
 };
 use tokio::sync::broadcast;
 
@@ -128,7 +128,7 @@ pub struct StoreStats {
 /// The broker's state. Every method that writes returns only once the write is durable.
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug + 'static {
-    /// Registers a new agent. Fails with `AlreadyExists` when the name or one of its OIDC
+    /// Registers a new agent. Fails with `AlreadyExists` when the name or one of its
     /// bindings is taken.
     async fn register_agent(&self, agent: Agent, audit: AuditDraft) -> Result<Agent, StoreError>;
 
@@ -142,9 +142,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The agent with this name.
     async fn agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError>;
 
-    /// The agent bound to this OIDC issuer and subject.
-    async fn agent_by_oidc(&self, issuer: &str, subject: &str)
-    -> Result<Option<Agent>, StoreError>;
+    /// The agent this identity is bound to (an offboarded agent's bindings are released).
+    async fn agent_by_binding(&self, binding: &Binding) -> Result<Option<Agent>, StoreError>;
 
     /// Every agent, by name.
     async fn list_agents(&self) -> Result<Vec<Agent>, StoreError>;

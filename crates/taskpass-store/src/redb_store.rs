@@ -10,8 +10,8 @@ use redb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use taskpass_core::{
-    Agent, AgentId, AgentName, AgentState, AuditEntry, AuditOutcome, GENESIS_HASH, RevocationEvent,
-    RevocationKind, Task, TaskId, TaskState, TokenId, TokenRecord, verify_chain,
+    Agent, AgentId, AgentName, AgentState, AuditEntry, AuditOutcome, Binding, GENESIS_HASH,
+    RevocationEvent, RevocationKind, Task, TaskId, TaskState, TokenId, TokenRecord, verify_chain,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -265,12 +265,20 @@ fn init_schema(db: &Database) -> Result<Heads, StoreError> {
                     supported: SCHEMA_VERSION,
                 });
             }
-            // Older versions migrate here, one step at a time, when there are any.
-            Some(_) => {}
+            Some(SCHEMA_VERSION) => {}
+            // Older versions migrate here, one step at a time, in this transaction: a crash
+            // midway leaves the file as it was.
+            Some(v) => {
+                if v < 2 {
+                    migrate_v1_to_v2(&txn)?;
+                }
+                tracing::info!(from = v, to = SCHEMA_VERSION, "store schema migrated");
+                meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)?;
+            }
         }
         // Create every table so readers never meet a missing one.
         txn.open_table(AGENTS)?;
-        txn.open_table(OIDC_BINDINGS)?;
+        txn.open_table(BINDINGS)?;
         txn.open_table(TASKS)?;
         txn.open_table(TASKS_BY_AGENT)?;
         txn.open_table(OPEN_TASK_DEADLINES)?;
@@ -301,6 +309,63 @@ fn init_schema(db: &Database) -> Result<Heads, StoreError> {
     };
     txn.commit()?;
     Ok(heads)
+}
+
+/// Schema 1 → 2: an agent's `oidc` list becomes `bindings` (tagged by kind), and the
+/// `oidc_bindings` index becomes the `bindings` index of every kind.
+fn migrate_v1_to_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut agents = txn.open_table(AGENTS)?;
+    let mut rewritten = Vec::new();
+    for row in agents.iter()? {
+        let (k, v) = row?;
+        let mut record: serde_json::Map<String, serde_json::Value> =
+            decode("agent (schema 1)", v.value())?;
+        let oidc = record.remove("oidc").unwrap_or_default();
+        let bindings: Vec<Binding> = match oidc {
+            serde_json::Value::Array(list) => list
+                .into_iter()
+                .map(|b| {
+                    let get = |f: &str| b.get(f).and_then(|x| x.as_str()).map(str::to_owned);
+                    match (get("issuer"), get("subject")) {
+                        (Some(issuer), Some(subject)) => Ok(Binding::Oidc { issuer, subject }),
+                        _ => Err(StoreError::Corrupt {
+                            what: "agents",
+                            detail: format!("agent {} has a malformed OIDC binding", k.value()),
+                        }),
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+            _ => Vec::new(),
+        };
+        let bindings = serde_json::to_value(&bindings).map_err(|e| StoreError::Encode {
+            what: "agent bindings",
+            detail: e.to_string(),
+        })?;
+        record.insert("bindings".into(), bindings);
+        // It must read as a schema-2 agent before it is written back.
+        let agent: Agent =
+            serde_json::from_value(serde_json::Value::Object(record)).map_err(|e| {
+                StoreError::Corrupt {
+                    what: "agents",
+                    detail: format!("agent {} after migration: {e}", k.value()),
+                }
+            })?;
+        rewritten.push(agent);
+    }
+    for agent in &rewritten {
+        agents.insert(agent.name.as_str(), encode("agent", agent)?.as_slice())?;
+    }
+    let mut bindings = txn.open_table(BINDINGS)?;
+    {
+        let old = txn.open_table(OIDC_BINDINGS_V1)?;
+        for row in old.iter()? {
+            let (k, v) = row?;
+            let (issuer, subject) = k.value();
+            bindings.insert(("oidc", issuer, subject), v.value())?;
+        }
+    }
+    txn.delete_table(OIDC_BINDINGS_V1)?;
+    Ok(())
 }
 
 /// The revocations after `after` up to and including `upto`, oldest first.
@@ -355,7 +420,7 @@ fn encode<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, StoreError
 
 struct Tables<'t> {
     agents: Table<'t, &'static str, &'static [u8]>,
-    bindings: Table<'t, (&'static str, &'static str), &'static str>,
+    bindings: Table<'t, (&'static str, &'static str, &'static str), &'static str>,
     tasks: Table<'t, &'static str, &'static [u8]>,
     tasks_by_agent: Table<'t, (&'static str, &'static str), ()>,
     deadlines: Table<'t, (i64, &'static str), ()>,
@@ -369,7 +434,7 @@ impl<'t> Tables<'t> {
     fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
             agents: txn.open_table(AGENTS)?,
-            bindings: txn.open_table(OIDC_BINDINGS)?,
+            bindings: txn.open_table(BINDINGS)?,
             tasks: txn.open_table(TASKS)?,
             tasks_by_agent: txn.open_table(TASKS_BY_AGENT)?,
             deadlines: txn.open_table(OPEN_TASK_DEADLINES)?,
@@ -581,22 +646,16 @@ fn apply(
                     what: format!("agent {}", agent.name),
                 });
             }
-            for b in &agent.oidc {
-                if let Some(owner) = t.bindings.get((b.issuer.as_str(), b.subject.as_str()))? {
+            for b in &agent.bindings {
+                if let Some(owner) = t.bindings.get(b.key())? {
                     return Err(StoreError::AlreadyExists {
-                        what: format!(
-                            "OIDC identity {}={} (bound to agent {})",
-                            b.issuer,
-                            b.subject,
-                            owner.value()
-                        ),
+                        what: format!("{b} (bound to agent {})", owner.value()),
                     });
                 }
             }
             rec.put_agent(t, agent.clone())?;
-            for b in &agent.oidc {
-                t.bindings
-                    .insert((b.issuer.as_str(), b.subject.as_str()), agent.name.as_str())?;
+            for b in &agent.bindings {
+                t.bindings.insert(b.key(), agent.name.as_str())?;
             }
             append_audit(t, heads, audit.clone())?;
             Ok(Outcome::Agent(agent.clone()))
@@ -652,8 +711,8 @@ fn apply(
                     }
                 }
                 if c.state == AgentState::Offboarded {
-                    for b in &agent.oidc {
-                        t.bindings.remove((b.issuer.as_str(), b.subject.as_str()))?;
+                    for b in &agent.bindings {
+                        t.bindings.remove(b.key())?;
                     }
                     append_revocation(
                         t,
@@ -956,16 +1015,12 @@ impl Store for RedbStore {
         self.read(|txn| get_json(&txn.open_table(AGENTS)?, "agent", name.as_str()))
     }
 
-    async fn agent_by_oidc(
-        &self,
-        issuer: &str,
-        subject: &str,
-    ) -> Result<Option<Agent>, StoreError> {
-        if let Some(a) = self.inner.cache.agent_by_oidc(issuer, subject) {
+    async fn agent_by_binding(&self, binding: &Binding) -> Result<Option<Agent>, StoreError> {
+        if let Some(a) = self.inner.cache.agent_by_binding(binding) {
             return Ok(Some((*a).clone()));
         }
         self.read(|txn| {
-            let name = match txn.open_table(OIDC_BINDINGS)?.get((issuer, subject))? {
+            let name = match txn.open_table(BINDINGS)?.get(binding.key())? {
                 Some(n) => n.value().to_owned(),
                 None => return Ok(None),
             };

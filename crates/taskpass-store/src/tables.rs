@@ -4,15 +4,19 @@
 use redb::TableDefinition;
 
 /// The schema version this build writes. Bump it with a migration in `RedbStore::open`.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// `schema_version` and other single values.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Agent name → Agent.
 pub(crate) const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
-/// (OIDC issuer, subject) → agent name.
-pub(crate) const OIDC_BINDINGS: TableDefinition<(&str, &str), &str> =
+/// A binding's key (kind, part, part: see `Binding::key`) → agent name, for the agents that
+/// are not offboarded. Schema 2.
+pub(crate) const BINDINGS: TableDefinition<(&str, &str, &str), &str> =
+    TableDefinition::new("bindings");
+/// Schema 1's (OIDC issuer, subject) → agent name; migrated into `BINDINGS` and deleted.
+pub(crate) const OIDC_BINDINGS_V1: TableDefinition<(&str, &str), &str> =
     TableDefinition::new("oidc_bindings");
 /// Task id → Task.
 pub(crate) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");

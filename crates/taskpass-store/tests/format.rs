@@ -4,7 +4,7 @@
 
 use std::io::Read;
 
-use taskpass_core::{AgentName, RevocationKind, TaskId, TaskState, TokenId};
+use taskpass_core::{AgentName, Binding, RevocationKind, SpiffeId, TaskId, TaskState, TokenId};
 use taskpass_store::{RedbStore, Store, StoreOptions};
 
 fn unpack(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
@@ -23,20 +23,65 @@ fn unpack(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
+/// Schema 1 (OIDC bindings only) migrates to schema 2 on open, in one transaction.
 #[tokio::test]
-async fn opens_a_v1_store() {
+async fn opens_and_migrates_a_v1_store() {
     let (_dir, path) = unpack("store-v1.redb.gz");
+    let oidc_only = vec![Binding::Oidc {
+        issuer: "https://issuer.example".into(),
+        subject: "sub".into(),
+    }];
+    opens_the_fixture(&path, &oidc_only).await;
+    // Migrated once: it opens again as schema 2 with the same contents.
     let store = RedbStore::open(&path, StoreOptions::default()).unwrap();
     let agent = store
         .agent(&AgentName::parse("fixture-bot").unwrap())
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(agent.bindings, oidc_only);
+}
+
+#[tokio::test]
+async fn opens_a_v2_store() {
+    let (_dir, path) = unpack("store-v2.redb.gz");
+    let x509 = Binding::X509 {
+        spiffe_id: SpiffeId::parse("spiffe://example.org/agent/fixture-bot").unwrap(),
+    };
+    let both = vec![
+        Binding::Oidc {
+            issuer: "https://issuer.example".into(),
+            subject: "sub".into(),
+        },
+        x509,
+    ];
+    opens_the_fixture(&path, &both).await;
+}
+
+/// The fixture's contents (see `examples/make_fixture.rs`), and that it keeps working.
+async fn opens_the_fixture(path: &std::path::Path, bindings: &[Binding]) {
+    let store = RedbStore::open(path, StoreOptions::default()).unwrap();
+    let agent = store
+        .agent(&AgentName::parse("fixture-bot").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(agent.bindings, bindings);
+    for b in bindings {
+        assert_eq!(
+            store.agent_by_binding(b).await.unwrap().unwrap().name,
+            agent.name,
+            "{b}"
+        );
+    }
     assert_eq!(agent.id.as_str(), "spiffe://example.org/agent/fixture-bot");
     assert_eq!(agent.allow.max_ttl_seconds, Some(600));
     assert_eq!(
         store
-            .agent_by_oidc("https://issuer.example", "sub")
+            .agent_by_binding(&Binding::Oidc {
+                issuer: "https://issuer.example".into(),
+                subject: "sub".into(),
+            })
             .await
             .unwrap()
             .unwrap()

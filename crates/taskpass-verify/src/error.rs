@@ -53,6 +53,13 @@ pub enum VerifyError {
     /// A claim is present but has the wrong type or an impossible value: the claim's name.
     #[error("token claim `{0}` is invalid")]
     InvalidClaim(&'static str),
+    /// The token is bound (`cnf`) to a certificate or key and the caller presented none: a
+    /// stolen bound token is worthless, so it is not accepted without its proof.
+    #[error("token is bound to a certificate or key: the caller must present it")]
+    ProofRequired,
+    /// The token is bound to another certificate or key than the one presented.
+    #[error("token is bound to another certificate or key than the one presented")]
+    WrongHolder,
     /// The JWKS could not be used: why (never key material).
     #[error("invalid key set: {0}")]
     InvalidKeySet(String),
@@ -71,6 +78,8 @@ impl VerifyError {
     /// | `not_yet_valid` | `NotYetValid` |
     /// | `wrong_issuer` | `WrongIssuer` |
     /// | `wrong_audience` | `WrongAudience` |
+    /// | `proof_required` | `ProofRequired` |
+    /// | `wrong_holder` | `WrongHolder` |
     /// | `invalid_key_set` | `InvalidKeySet` (never returned by verification) |
     pub fn reason(&self) -> &'static str {
         match self {
@@ -87,7 +96,27 @@ impl VerifyError {
             Self::NotYetValid => "not_yet_valid",
             Self::WrongIssuer => "wrong_issuer",
             Self::WrongAudience => "wrong_audience",
+            Self::ProofRequired => "proof_required",
+            Self::WrongHolder => "wrong_holder",
             Self::InvalidKeySet(_) => "invalid_key_set",
+        }
+    }
+}
+
+impl From<taskpass_core::jwt::ProfileError> for VerifyError {
+    fn from(e: taskpass_core::jwt::ProfileError) -> Self {
+        use taskpass_core::jwt::ProfileError as P;
+        match e {
+            P::TooLarge => Self::TooLarge,
+            P::Malformed => Self::Malformed,
+            P::ForbiddenHeader(name) => Self::ForbiddenHeader(name),
+            P::WrongType => Self::WrongType,
+            P::UnsupportedAlgorithm => Self::UnsupportedAlgorithm,
+            P::MissingKeyId => Self::MissingKeyId,
+            P::MissingClaim(name) => Self::MissingClaim(name),
+            P::InvalidClaim(name) => Self::InvalidClaim(name),
+            P::Expired => Self::Expired,
+            P::NotYetValid => Self::NotYetValid,
         }
     }
 }

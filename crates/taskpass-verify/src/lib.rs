@@ -6,8 +6,16 @@
 //! by the configured issuer, for the caller's own audience, and within its lifetime. Everything
 //! else is a [`VerifyError`] whose [`reason`](VerifyError::reason) is a short stable string in
 //! the vocabulary of the broker's introspection reasons (`malformed`, `bad_signature`,
-//! `unknown_key`, `expired`, ...; the two may classify an odd token differently). Revocation is the other half: follow `WatchRevocations` and reject
-//! the token ids, tasks and agents it names.
+//! `unknown_key`, `expired`, ...). Both read tokens with one profile (`taskpass_core::jwt`),
+//! so they never disagree on what a token says.
+//!
+//! A token bound to its holder (`cnf`, issued to agents that attested with a client
+//! certificate) passes only [`Verifier::verify_held`] with the certificate the caller showed
+//! on its mTLS connection; [`Verifier::verify`] refuses it ([`VerifyError::ProofRequired`]),
+//! so that a leaked bound token is useless.
+//!
+//! Revocation is the other half: follow `WatchRevocations` and reject the token ids, tasks
+//! and agents it names.
 //!
 //! ```
 //! use taskpass_verify::{KeySet, Verifier, VerifyError};
@@ -32,4 +40,4 @@ mod verifier;
 
 pub use error::VerifyError;
 pub use keys::{KeySet, MAX_JWKS_BYTES, MAX_JWKS_KEYS};
-pub use verifier::{DEFAULT_LEEWAY_SECS, MAX_TOKEN_BYTES, VerifiedToken, Verifier};
+pub use verifier::{DEFAULT_LEEWAY_SECS, Holder, MAX_TOKEN_BYTES, VerifiedToken, Verifier};

@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use ring::hmac;
 use serde_json::{Value, json};
-use taskpass_core::{AccessClaims, Actor};
-use taskpass_verify::{MAX_TOKEN_BYTES, Verifier, VerifyError};
+use taskpass_core::{AccessClaims, Actor, Confirmation};
+use taskpass_verify::{Holder, MAX_TOKEN_BYTES, Verifier, VerifyError};
 
 fn check(verifier: &Verifier, token: &str) -> Result<taskpass_verify::VerifiedToken, VerifyError> {
     verifier.verify_at(token, AUDIENCE, NOW)
@@ -74,12 +74,80 @@ fn act_sets_the_actor() {
     );
 }
 
+/// RFC 8705: a certificate-bound token passes only with the certificate it is bound to.
 #[test]
-fn cnf_is_kept() {
+fn a_bound_token_needs_its_certificate() {
     let signer = Signer::ed25519("k1");
-    let claims = claims_with("cnf", json!({ "x5t#S256": "abc" }));
-    let verified = check(&verifier(&signer), &signer.token(&claims)).unwrap();
-    assert!(verified.claims.cnf.is_some());
+    let v = verifier(&signer);
+    let cert = b"the DER of the agent's certificate";
+    let other = b"the DER of another certificate";
+    let cnf = json!({ "x5t#S256": taskpass_core::certificate_thumbprint(cert) });
+    let token = signer.token(&claims_with("cnf", cnf));
+
+    let held = v
+        .verify_held_at(&token, AUDIENCE, Holder::Certificate(cert), NOW)
+        .unwrap();
+    assert_eq!(
+        held.claims.cnf,
+        Some(Confirmation::Certificate(
+            taskpass_core::certificate_thumbprint(cert)
+        ))
+    );
+    assert_eq!(
+        v.verify_held_at(&token, AUDIENCE, Holder::Certificate(other), NOW),
+        Err(VerifyError::WrongHolder)
+    );
+    let err = check(&v, &token).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::ProofRequired,
+        "a bound token without its proof"
+    );
+    assert_eq!(err.reason(), "proof_required");
+    assert_eq!(
+        v.verify_held_at(&token, AUDIENCE, Holder::Nothing, NOW),
+        Err(VerifyError::ProofRequired)
+    );
+
+    // A key-bound (DPoP) token is not fulfilled by a certificate.
+    let jkt = taskpass_core::certificate_thumbprint(b"stands in for a JWK thumbprint");
+    let dpop = signer.token(&claims_with("cnf", json!({ "jkt": jkt })));
+    assert_eq!(
+        v.verify_held_at(&dpop, AUDIENCE, Holder::Certificate(cert), NOW),
+        Err(VerifyError::WrongHolder)
+    );
+    assert_eq!(check(&v, &dpop), Err(VerifyError::ProofRequired));
+
+    // An unbound token is accepted whoever presents it.
+    let plain = signer.token(&claims());
+    assert!(
+        v.verify_held_at(&plain, AUDIENCE, Holder::Certificate(cert), NOW)
+            .is_ok()
+    );
+}
+
+/// A binding the SDK cannot check is refused, never read as no binding.
+#[test]
+fn an_unknown_binding_is_refused() {
+    let signer = Signer::ed25519("k1");
+    let v = verifier(&signer);
+    let good = taskpass_core::certificate_thumbprint(b"x");
+    for cnf in [
+        json!({}),
+        json!({ "x5t#S256": "abc" }),
+        json!({ "x5t": good }),
+        json!({ "jwk": { "kty": "OKP" } }),
+        json!({ "x5t#S256": good, "jkt": good }),
+        json!({ "x5t#S256": 1 }),
+        json!({ "x5t#S256": format!("{good}=") }),
+    ] {
+        let token = signer.token(&claims_with("cnf", cnf.clone()));
+        assert_eq!(
+            check(&v, &token),
+            Err(VerifyError::InvalidClaim("cnf")),
+            "{cnf}"
+        );
+    }
 }
 
 #[test]
@@ -453,6 +521,34 @@ fn signed_but_unparseable_payload_is_malformed() {
             "{payload}"
         );
     }
+}
+
+/// JSON parsers disagree on which of two same-named members wins: the profile takes neither.
+#[test]
+fn a_name_given_twice_is_malformed() {
+    let signer = Signer::ed25519("k1");
+    let v = verifier(&signer);
+    let claims = claims().to_string();
+    let twice = |name: &str, first: &str| {
+        let at = claims.find(&format!("\"{name}\"")).unwrap();
+        format!("{}\"{name}\":{first},{}", &claims[..at], &claims[at..])
+    };
+    let header = b64(signer.header().to_string().as_bytes());
+    for payload in [
+        twice("aud", "\"https://other.example\""),
+        twice("exp", "1"),
+        twice("sub", "\"spiffe://example.org/agent/other\""),
+        claims.replacen('{', r#"{"cnf":{"jkt":"a","jkt":"b"},"#, 1),
+        claims.replacen('{', r#"{"act":null,"#, 1),
+    ] {
+        let token = signer.sign_parts(&header, &b64(payload.as_bytes()));
+        let err = check(&v, &token).unwrap_err();
+        assert_eq!(err.reason(), "malformed", "{payload}");
+    }
+    let mut dup_header = signer.header().to_string();
+    dup_header.insert_str(1, r#""alg":"EdDSA","#);
+    let token = signer.sign_parts(&b64(dup_header.as_bytes()), &b64(claims.as_bytes()));
+    assert_eq!(check(&v, &token), Err(VerifyError::Malformed));
 }
 
 #[test]

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use taskpass_core::{AllowList, Audience, OidcBinding, Purpose, ScopeSet, TrustDomain};
+use taskpass_core::{AllowList, Audience, Binding, Purpose, ScopeSet, TrustDomain};
 
 fn draft(action: &str) -> AuditDraft {
     AuditEntry::draft(1, "test", action)
@@ -17,7 +17,7 @@ fn agent(name: &str, subject: &str) -> Agent {
         tenant: String::new(),
         environment: String::new(),
         state: AgentState::Active,
-        oidc: vec![OidcBinding {
+        bindings: vec![Binding::Oidc {
             issuer: "https://issuer".into(),
             subject: subject.into(),
         }],
@@ -96,7 +96,10 @@ async fn lifecycle_is_durable_and_audited() {
         );
         assert_eq!(
             store
-                .agent_by_oidc("https://issuer", "sub-1")
+                .agent_by_binding(&Binding::Oidc {
+                    issuer: "https://issuer".into(),
+                    subject: "sub-1".into(),
+                })
                 .await
                 .unwrap()
                 .unwrap()
@@ -234,7 +237,10 @@ async fn sweeper_expires_and_offboarding_revokes() {
     // The identity is free again; the offboarded agent stays offboarded.
     assert!(
         store
-            .agent_by_oidc("https://issuer", "s-a")
+            .agent_by_binding(&Binding::Oidc {
+                issuer: "https://issuer".into(),
+                subject: "s-a".into(),
+            })
             .await
             .unwrap()
             .is_none()
@@ -296,8 +302,7 @@ async fn reads(
     let mut out = Vec::new();
     for a in agents {
         let by_name = store.agent(&a.name).await.unwrap();
-        let b = &a.oidc[0];
-        let by_oidc = store.agent_by_oidc(&b.issuer, &b.subject).await.unwrap();
+        let by_oidc = store.agent_by_binding(&a.bindings[0]).await.unwrap();
         let mut ts = Vec::new();
         for t in tasks {
             ts.push(store.task(&t.id).await.unwrap());
