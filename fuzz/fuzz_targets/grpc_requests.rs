@@ -9,7 +9,7 @@
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use taskpass_core::{
-    Agent, AgentName, AgentState, AllowList, Audience, IssueRequest, Limits, OidcBinding, Purpose,
+    Agent, AgentName, AgentState, AllowList, Audience, IssueRequest, Limits, Binding, Purpose,
     ScopeSet, StartRequest, Task, TaskId, TaskState, TrustDomain, decide_issue, decide_start_task,
     input_limits,
 };
@@ -70,7 +70,7 @@ fn known_agent(td: &TrustDomain) -> Agent {
         tenant: String::new(),
         environment: String::new(),
         state: AgentState::Active,
-        oidc: vec![OidcBinding {
+        bindings: vec![Binding::Oidc {
             issuer: "https://issuer.fuzz".into(),
             subject: "repo:acme/deploy".into(),
         }],
@@ -103,14 +103,21 @@ fn registered_agent(td: &TrustDomain, a: pb::Agent, limits: &Limits) -> Option<A
         tenant: a.tenant,
         environment: a.environment,
         state: AgentState::Active,
-        oidc: a
+        bindings: a
             .oidc
             .into_iter()
-            .map(|b| OidcBinding {
-                issuer: b.issuer,
-                subject: b.subject,
+            .map(|b| {
+                Some(Binding::Oidc {
+                    issuer: b.issuer,
+                    subject: b.subject,
+                })
             })
-            .collect(),
+            .chain(a.x509.iter().map(|id| {
+                let spiffe_id = taskpass_core::SpiffeId::parse(id).ok()?;
+                assert_eq!(spiffe_id.as_str(), id, "only canonical SPIFFE ids parse");
+                Some(Binding::X509 { spiffe_id })
+            }))
+            .collect::<Option<Vec<_>>>()?,
         allow: AllowList {
             audiences: audiences(&a.audiences)?,
             scopes: scopes(&a.scopes)?,

@@ -202,11 +202,11 @@ async fn every_bad_attestation_is_refused_and_changes_nothing() {
             "missing",
         ),
         (
-            "mTLS attestation (not enabled)",
+            "mTLS attestation on a connection without a client certificate",
             Some(pb::Attestation {
                 method: Some(pb::attestation::Method::Mtls(pb::MtlsAttestation {})),
             }),
-            "mTLS",
+            "no client certificate",
         ),
         ("empty token", oidc(String::new()), "malformed"),
         ("garbage", oidc("abc".into()), "malformed"),

@@ -465,3 +465,114 @@ fn soak_reports_memory_and_store_size() {
         "{doc}"
     );
 }
+
+/// `agent register --x509`, `agent cert issue|list|revoke`: the key is made by the CLI and
+/// written 0600, and the certificate attests over mTLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_certificate_verbs() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let issuer = DevIssuer::start().await.unwrap();
+    let broker = TestBroker::start(&issuer).await.unwrap();
+    let dir = broker.data_dir().to_path_buf();
+    let id = "spiffe://example.org/agent/cert-cli";
+    let reg = json(&taskpass(
+        &dir,
+        &[
+            "agent",
+            "register",
+            "cert-cli",
+            "--owner",
+            "ops",
+            "--purpose",
+            "cli test",
+            "--x509",
+            id,
+            "--audience",
+            API,
+            "--scope",
+            "read",
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(reg["x509"][0], id);
+    assert_eq!(reg["oidc"].as_array().unwrap().len(), 0);
+
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().to_str().unwrap();
+    let issued = json(&taskpass(
+        &dir,
+        &[
+            "agent", "cert", "issue", "cert-cli", "--out", out, "--hours", "2", "--output", "json",
+        ],
+    ));
+    assert_eq!(issued["spiffe_id"], id);
+    let serial = issued["serial"].as_str().unwrap().to_owned();
+    let key_path = out_dir.path().join("cert-cli-key.pem");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the key file is private");
+    }
+    let cert = std::fs::read_to_string(out_dir.path().join("cert-cli.pem")).unwrap();
+    let key = std::fs::read_to_string(&key_path).unwrap();
+    let ch = taskpass_proto::connect(&broker.grpc_url, &broker.ca_pem, Some((&cert, &key)))
+        .await
+        .unwrap();
+    let mut agent = taskpass_proto::v1::agent_service_client::AgentServiceClient::new(ch);
+    let mtls = || {
+        Some(taskpass_proto::v1::Attestation {
+            method: Some(taskpass_proto::v1::attestation::Method::Mtls(
+                taskpass_proto::v1::MtlsAttestation {},
+            )),
+        })
+    };
+    let task = agent
+        .start_task(taskpass_proto::v1::StartTaskRequest {
+            attestation: mtls(),
+            purpose: "cli cert".into(),
+            audiences: vec![API.into()],
+            scopes: vec!["read".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(task.agent_id, id);
+
+    let list = json(&taskpass(
+        &dir,
+        &["agent", "cert", "list", "cert-cli", "--output", "json"],
+    ));
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["serial"], serial.as_str());
+    let text = taskpass(
+        &dir,
+        &["agent", "cert", "revoke", &serial, "--reason", "rotated"],
+    );
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let list = json(&taskpass(
+        &dir,
+        &["agent", "cert", "list", "cert-cli", "--output", "json"],
+    ));
+    assert_eq!(list[0]["revoked"], true);
+    let again = agent
+        .get_task(taskpass_proto::v1::GetTaskRequest {
+            attestation: mtls(),
+            task_id: task.task_id,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::Unauthenticated);
+    // An unknown serial is a clear error.
+    let bad = taskpass(&dir, &["agent", "cert", "revoke", "NOT-HEX"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("lowercase hex"));
+}

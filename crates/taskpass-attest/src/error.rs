@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 /// which is a startup error). Messages name what to fix and never contain the token, a key or
 /// any other secret; values copied from a token (issuer, key id, algorithm) are clipped and
 /// escaped. [`AttestError::reason`] gives a short stable code for audit logs.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum AttestError {
     /// The token is longer than `OidcOptions::max_token_bytes`; it was not parsed.
@@ -144,6 +144,15 @@ pub enum AttestError {
         /// What failed, for the operator.
         detail: String,
     },
+    /// A client certificate was refused (mTLS attestation): `reason` is the stable code, e.g.
+    /// `certificate_expired`, `certificate_untrusted`, `certificate_trust_domain`.
+    #[error("client certificate refused: {detail}")]
+    Certificate {
+        /// The stable code.
+        reason: &'static str,
+        /// What is wrong, for the caller.
+        detail: String,
+    },
     /// The attestation configuration is invalid (startup only); lists every problem found.
     #[error("invalid attestation configuration: {}", .problems.join("; "))]
     Config {
@@ -170,6 +179,7 @@ impl AttestError {
             Self::WrongAudience { .. } => "wrong_audience",
             Self::MissingClaim { .. } => "missing_claim",
             Self::KeysUnavailable { .. } => "keys_unavailable",
+            Self::Certificate { reason, .. } => reason,
             Self::Config { .. } => "config",
         }
     }

@@ -1,7 +1,9 @@
 //! Attestation verification for the Taskpass broker: turns the proof an agent presents on a call
 //! into a verified identity, or says precisely why not.
 //!
-//! Today the proof is an OIDC ID token from a trusted workload issuer (a Kubernetes projected
+//! The proof is the verified client certificate of the mTLS connection ([`X509Verifier`]:
+//! one SPIFFE URI SAN, from a certificate authority that may vouch for its trust domain) or
+//! an OIDC ID token from a trusted workload issuer (a Kubernetes projected
 //! service-account token, GitHub Actions, a cloud IdP); [`OidcVerifier`] checks it following
 //! RFC 8725: RS256, ES256 or EdDSA only, the algorithm pinned per published key, no key taken
 //! from the token, `iss`/`aud`/`exp`/`nbf`/`iat` checked against an injected clock with a small
@@ -36,8 +38,10 @@ mod identity;
 mod jwks;
 mod jws;
 mod oidc;
+mod x509;
 
 pub use config::{OidcIssuerConfig, OidcOptions};
 pub use error::AttestError;
 pub use identity::{AttestationMethod, AttestedIdentity, Attestor, Evidence};
 pub use oidc::OidcVerifier;
+pub use x509::{Authority, CertificateIdentity, MAX_CHAIN, MIN_RSA_BITS, X509Verifier};

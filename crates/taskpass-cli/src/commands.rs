@@ -5,7 +5,7 @@ use serde_json::json;
 use taskpass_proto::v1 as pb;
 
 use crate::output as out;
-use crate::{AgentCmd, AuditCmd, Command, Global, OperatorCmd, Output, TaskCmd, TokenCmd};
+use crate::{AgentCmd, AuditCmd, CertCmd, Command, Global, OperatorCmd, Output, TaskCmd, TokenCmd};
 
 fn emit(g: &Global, json: serde_json::Value, text: impl FnOnce() -> String) {
     match g.output {
@@ -135,6 +135,7 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
             )
             .await?;
         }
+        Command::Agent(AgentCmd::Cert(cmd)) => cert(g, &mut admin, cmd).await?,
         Command::Task(TaskCmd::List { agent, limit }) => {
             let tasks = admin
                 .list_tasks(pb::ListTasksRequest {
@@ -287,6 +288,109 @@ async fn set_state(
 }
 
 /// Issues an operator credential offline from the data dir's CA.
+async fn cert(
+    g: &Global,
+    admin: &mut pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+    cmd: CertCmd,
+) -> anyhow::Result<()> {
+    match cmd {
+        CertCmd::Issue {
+            name,
+            out,
+            csr,
+            hours,
+        } => {
+            let (csr_pem, key_pem) = match &csr {
+                Some(path) => (
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read --csr {}", path.display()))?,
+                    None,
+                ),
+                None => {
+                    let key = rcgen::KeyPair::generate().context("generating a key")?;
+                    let csr = rcgen::CertificateParams::default()
+                        .serialize_request(&key)
+                        .context("making the CSR")?
+                        .pem()
+                        .context("encoding the CSR")?;
+                    (csr, Some(key.serialize_pem()))
+                }
+            };
+            let r = admin
+                .issue_agent_certificate(pb::IssueAgentCertificateRequest {
+                    name: name.clone(),
+                    csr_pem,
+                    hours: hours.unwrap_or(0),
+                })
+                .await?
+                .into_inner();
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let cert_path = out.join(format!("{name}.pem"));
+            let key_path = out.join(format!("{name}-key.pem"));
+            if let Some(key) = &key_pem {
+                taskpass_server::write_file(&key_path, key.as_bytes(), false)?;
+            }
+            taskpass_server::write_file(&cert_path, r.certificate_pem.as_bytes(), true)?;
+            let ca_path = out.join("ca.pem");
+            taskpass_server::write_file(&ca_path, r.ca_pem.as_bytes(), true)?;
+            let key_shown = key_pem.as_ref().map(|_| key_path.clone());
+            emit(
+                g,
+                json!({"spiffe_id": r.spiffe_id, "serial": r.serial, "expires_at": r.expires_at,
+                       "cert": cert_path, "key": key_shown, "ca": ca_path}),
+                || {
+                    let key_line = match &key_shown {
+                        Some(k) => format!("\n  key  {} (0600)", k.display()),
+                        None => String::new(),
+                    };
+                    format!(
+                        "issued {} serial {} until {}\n  cert {}{key_line}\n  ca   {}",
+                        out::safe(&r.spiffe_id),
+                        out::safe(&r.serial),
+                        r.expires_at,
+                        cert_path.display(),
+                        ca_path.display()
+                    )
+                },
+            );
+        }
+        CertCmd::List { name } => {
+            let certs = admin
+                .list_certificates(pb::ListCertificatesRequest { name, limit: 0 })
+                .await?
+                .into_inner()
+                .certificates;
+            emit(
+                g,
+                json!(certs.iter().map(out::certificate).collect::<Vec<_>>()),
+                || {
+                    certs
+                        .iter()
+                        .map(out::certificate_line)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
+        }
+        CertCmd::Revoke { serial, reason } => {
+            let r = admin
+                .revoke_certificate(pb::RevokeCertificateRequest { serial, reason })
+                .await?
+                .into_inner();
+            let c = r.certificate.unwrap_or_default();
+            emit(g, out::certificate(&c), || {
+                format!(
+                    "revoked certificate {} (revocation #{})",
+                    out::safe(&c.serial),
+                    r.sequence
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
 pub fn operator(g: &Global, cmd: OperatorCmd) -> anyhow::Result<()> {
     let OperatorCmd::Issue {
         name,

@@ -141,9 +141,39 @@ pub enum AgentCmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
-    /// Offboard an agent for good: every task and token is revoked.
+    /// Offboard an agent for good: every task, token and certificate is revoked.
     Offboard {
         name: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// The agent's client certificates from the broker's CA.
+    #[command(subcommand)]
+    Cert(CertCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCmd {
+    /// Issue a client certificate for the agent's SPIFFE id. The key is made here (or is the
+    /// one behind --csr) and never sent: only a CSR goes to the broker. Writes NAME.pem (and
+    /// NAME-key.pem, mode 0600, when the key is made here).
+    Issue {
+        name: String,
+        /// Where to write the files.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// A PEM CSR made elsewhere (ECDSA P-256/P-384 or Ed25519 key), instead of a new key.
+        #[arg(long)]
+        csr: Option<std::path::PathBuf>,
+        /// Lifetime in hours (default: the broker's attestation.certificate_hours).
+        #[arg(long)]
+        hours: Option<u32>,
+    },
+    /// List the agent's certificates.
+    List { name: String },
+    /// Revoke a certificate by serial: refused from the next call on.
+    Revoke {
+        serial: String,
         #[arg(long, default_value = "")]
         reason: String,
     },

@@ -84,6 +84,24 @@ pub fn agent(a: &pb::Agent) -> Value {
     })
 }
 
+pub fn certificate(c: &pb::CertificateInfo) -> Value {
+    json!({
+        "serial": c.serial, "spiffe_id": c.spiffe_id, "agent_id": c.agent_id,
+        "issued_at": c.issued_at, "expires_at": c.expires_at, "revoked": c.revoked,
+        "revoked_at": c.revoked_at, "revoke_reason": c.revoke_reason, "thumbprint": c.thumbprint,
+    })
+}
+
+pub fn certificate_line(c: &pb::CertificateInfo) -> String {
+    format!(
+        "{:<32} {:<8} until={} {}",
+        safe(&c.serial),
+        if c.revoked { "revoked" } else { "valid" },
+        c.expires_at,
+        safe(&c.spiffe_id)
+    )
+}
+
 pub fn task(t: &pb::Task) -> Value {
     json!({
         "task_id": t.task_id, "agent_id": t.agent_id, "state": task_state(t.state),

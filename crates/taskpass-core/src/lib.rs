@@ -14,6 +14,7 @@
 
 mod agent;
 mod audit;
+mod certificate;
 mod clock;
 mod error;
 mod ids;
@@ -27,6 +28,7 @@ mod token;
 
 pub use agent::{Agent, AgentState, AllowList, Binding};
 pub use audit::{AuditEntry, AuditOutcome, ChainProblem, GENESIS_HASH, verify_chain};
+pub use certificate::{CertificateHolder, CertificateRecord, is_canonical_serial};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ParseError;
 pub use ids::{AgentId, AgentName, SpiffeId, TaskId, TokenId, TrustDomain};

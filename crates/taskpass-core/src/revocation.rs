@@ -11,6 +11,8 @@ pub enum RevocationKind {
     Task,
     /// Every token of an agent, by `client_id`.
     Agent,
+    /// A client certificate, by serial (lowercase hex): it attests nothing any more.
+    Certificate,
 }
 
 /// One entry of the numbered, durable revocation log.

@@ -22,37 +22,29 @@ pub fn operator_from_certs(
     broker: &Broker,
     certs: Option<&Arc<Vec<CertificateDer<'static>>>>,
 ) -> Result<Operator, ApiError> {
-    let leaf = certs.and_then(|c| c.first()).ok_or_else(|| {
-        ApiError::Unauthenticated(
-            "the admin API needs an operator client certificate: pass --cert and --key (or --data-dir)".into(),
-        )
-    })?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map_err(|_| ApiError::Unauthenticated("operator certificate cannot be parsed".into()))?;
-    let prefix = format!("spiffe://{}/operator/", broker.trust_domain);
-    let uris = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    for uri in uris {
-        if let Some(rest) = uri.strip_prefix(&prefix)
-            && let Some((role, name)) = rest.split_once('/')
-            && let Some(role) = Role::parse(role)
-            && AgentName::parse(name).is_ok()
-        {
-            return Ok(Operator { id: uri, role });
+    let chain = match certs {
+        Some(c) if !c.is_empty() => c.as_slice(),
+        _ => {
+            return Err(ApiError::Unauthenticated(
+                "the admin API needs an operator client certificate: pass --cert and --key (or --data-dir)".into(),
+            ));
         }
+    };
+    // The broker's own CA, never an external one: a CA trusted for agents (a SPIRE server's,
+    // say) must not be able to mint an operator.
+    let id = broker
+        .operator_certs
+        .verify(chain, broker.now())
+        .map_err(|e| ApiError::Unauthenticated(format!("operator {e}")))?;
+    if let Some(rest) = id.spiffe_id.path().strip_prefix("/operator/")
+        && let Some((role, name)) = rest.split_once('/')
+        && let Some(role) = Role::parse(role)
+        && AgentName::parse(name).is_ok()
+    {
+        return Ok(Operator {
+            id: id.spiffe_id.to_string(),
+            role,
+        });
     }
     Err(ApiError::Unauthenticated(format!(
         "client certificate names no operator of trust domain {}",
@@ -73,7 +65,7 @@ fn require(op: &Operator, p: Permission) -> Result<(), ApiError> {
     }
 }
 
-fn text(field: &str, s: &str, required: bool) -> Result<String, ApiError> {
+pub(crate) fn text(field: &str, s: &str, required: bool) -> Result<String, ApiError> {
     let s = s.trim();
     if required && s.is_empty() {
         return Err(ApiError::InvalidArgument(format!("{field} is required")));
@@ -155,7 +147,7 @@ fn limit(n: u32, default: usize) -> usize {
 
 impl Broker {
     /// Checks the operator's permission; a refusal is itself a decision, so it is audited.
-    async fn authorize(&self, op: &Operator, p: Permission) -> Result<(), ApiError> {
+    pub(crate) async fn authorize(&self, op: &Operator, p: Permission) -> Result<(), ApiError> {
         if let Err(e) = require(op, p) {
             let mut a = AuditEntry::draft(self.now(), &op.id, "operator.authorize");
             a.outcome = AuditOutcome::Deny;

@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
-use taskpass_attest::{AttestError, AttestationMethod, Attestor, Evidence};
+use taskpass_attest::{
+    AttestError, AttestationMethod, Attestor, CertificateIdentity, Evidence, X509Verifier,
+};
 use taskpass_core::{
     AccessClaims, Agent, AgentState, Audience, AuditEntry, AuditOutcome, Binding, Clock,
-    IssueRequest, Limits, Purpose, ScopeSet, StartRequest, Task, TaskId, TaskState, TokenId,
-    TokenRecord, TrustDomain, decide_issue, decide_start_task,
+    Confirmation, IssueRequest, Limits, Purpose, ScopeSet, StartRequest, Task, TaskId, TaskState,
+    TokenId, TokenRecord, TrustDomain, decide_issue, decide_start_task,
 };
 use taskpass_proto::v1 as pb;
 use taskpass_store::{EndTask, Store};
@@ -34,6 +36,18 @@ pub struct Broker {
     pub(crate) trusted_issuers: Vec<String>,
     /// The trust domains some certificate authority of this broker may vouch for.
     pub(crate) x509_trust_domains: Vec<String>,
+    /// Agents' client certificates: the broker's CA and the `[[attestation.x509]]` CAs.
+    pub(crate) agent_certs: Arc<X509Verifier>,
+    /// Operators' client certificates: the broker's own CA, and nothing else.
+    pub(crate) operator_certs: Arc<X509Verifier>,
+    /// Revoked certificates of the broker's CA that have not expired.
+    pub(crate) revoked_serials: crate::certificates::RevokedSerials,
+    /// The data dir (its CA signs agent certificates; the key is read when needed).
+    pub(crate) data_dir: std::path::PathBuf,
+    /// The broker's CA, PEM.
+    pub(crate) ca_pem: String,
+    /// Agent certificate lifetimes, hours: (default, max).
+    pub(crate) certificate_hours: (u32, u32),
     /// Becomes true when the broker shuts down: long-lived streams end on it.
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
     /// Per-agent request rate limit.
@@ -170,11 +184,39 @@ impl Drop for WatchSlot {
     }
 }
 
+/// How the broker's own CA is named among the authorities.
+pub(crate) const BROKER_CA: &str = "the broker's CA";
+
+/// The broker's own CA as an authority: it vouches for its own trust domain.
+pub(crate) fn own_authority(
+    ca: &[rustls_pki_types::CertificateDer<'static>],
+    trust_domain: &TrustDomain,
+) -> taskpass_attest::Authority {
+    taskpass_attest::Authority {
+        name: BROKER_CA.into(),
+        roots: ca.to_vec(),
+        trust_domains: vec![trust_domain.to_string()],
+    }
+}
+
 /// Who is calling, as the connection shows it.
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
     /// The peer's address.
     pub addr: Option<std::net::SocketAddr>,
+    /// The client certificate chain the TLS handshake verified, leaf first.
+    pub certs: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
+    /// The connection, which remembers what its certificate proved.
+    pub conn: Option<Arc<crate::conn::ConnState>>,
+}
+
+/// An attested caller: the agent, and what its tokens are bound to.
+#[derive(Debug)]
+pub struct Attested {
+    /// The agent the attestation proves.
+    pub agent: Agent,
+    /// The binding of its tokens: the client certificate under mTLS attestation.
+    pub cnf: Option<Confirmation>,
 }
 
 impl Caller {
@@ -258,11 +300,11 @@ impl Broker {
         caller: &Caller,
         action: &'static str,
         att: Option<&pb::Attestation>,
-    ) -> Result<Agent, ApiError> {
-        match self.attest(att).await {
-            Ok(agent) => {
-                tracing::Span::current().record("agent_id", agent.id.as_str());
-                Ok(agent)
+    ) -> Result<Attested, ApiError> {
+        match self.attest(caller, att).await {
+            Ok(attested) => {
+                tracing::Span::current().record("agent_id", attested.agent.id.as_str());
+                Ok(attested)
             }
             // The store failing is the broker's fault, not a refusal of the caller's input.
             Err(("store_error", e)) => Err(e),
@@ -285,21 +327,31 @@ impl Broker {
 
     async fn attest(
         &self,
+        caller: &Caller,
         att: Option<&pb::Attestation>,
-    ) -> Result<Agent, (&'static str, ApiError)> {
+    ) -> Result<Attested, (&'static str, ApiError)> {
         use pb::attestation::Method;
         let refused = |e| ("attestation_refused", e);
         let token = match att.and_then(|a| a.method.as_ref()) {
             None => {
                 return Err(refused(ApiError::Unauthenticated(
-                    "attestation is missing: send attestation.oidc_token with your platform's OIDC token".into(),
+                    "attestation is missing: send attestation.oidc_token with your platform's OIDC token, or attestation.mtls over a connection with the agent's client certificate".into(),
                 )));
             }
             Some(Method::Mtls(_)) => {
-                return Err(refused(ApiError::Unauthenticated(
-                    "mTLS attestation is not enabled on this broker: attest with an OIDC token"
-                        .into(),
-                )));
+                let id = self.client_certificate(caller).await.map_err(|e| {
+                    tracing::info!(reason = e.reason(), error = %e, "attestation refused");
+                    refused(ApiError::Unauthenticated(format!(
+                        "attestation refused: {e}"
+                    )))
+                })?;
+                let cnf = Some(Confirmation::Certificate(id.thumbprint.clone()));
+                let agent = self
+                    .agent_bound_to(Binding::X509 {
+                        spiffe_id: id.spiffe_id,
+                    })
+                    .await?;
+                return Ok(Attested { agent, cnf });
             }
             Some(Method::OidcToken(t)) => t,
         };
@@ -332,6 +384,12 @@ impl Broker {
                 )));
             }
         };
+        let agent = self.agent_bound_to(binding).await?;
+        Ok(Attested { agent, cnf: None })
+    }
+
+    /// The agent an attested identity is bound to.
+    async fn agent_bound_to(&self, binding: Binding) -> Result<Agent, (&'static str, ApiError)> {
         let agent = self
             .store
             .agent_by_binding(&binding)
@@ -347,9 +405,80 @@ impl Broker {
         })
     }
 
+    /// What this connection's client certificate proves as an agent's: the chain is verified
+    /// once per connection (it cannot change within it), a certificate of the broker's CA must
+    /// be one the broker recorded, and expiry and revocation are checked on every call.
+    pub(crate) async fn client_certificate(
+        &self,
+        caller: &Caller,
+    ) -> Result<CertificateIdentity, AttestError> {
+        let chain: &[rustls_pki_types::CertificateDer<'static>] =
+            caller.certs.as_deref().map_or(&[], Vec::as_slice);
+        let now = self.now();
+        let verified = match &caller.conn {
+            Some(conn) => conn
+                .agent_certificate
+                .get_or_init(|| self.agent_certs.verify(chain, now))
+                .clone(),
+            None => self.agent_certs.verify(chain, now),
+        }?;
+        let refuse = |reason: &'static str, detail: &str| AttestError::Certificate {
+            reason,
+            detail: detail.into(),
+        };
+        if verified.not_after <= now {
+            return Err(refuse(
+                "certificate_expired",
+                "the client certificate has expired: renew it",
+            ));
+        }
+        if verified.authority == BROKER_CA {
+            if self.revoked_serials.contains(&verified.serial) {
+                return Err(refuse(
+                    "certificate_revoked",
+                    "the client certificate has been revoked",
+                ));
+            }
+            let recorded = caller
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.agent_certificate_recorded.get().is_some());
+            if !recorded {
+                let record = self
+                    .store
+                    .certificate(&verified.serial)
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "cannot read the certificate record");
+                        refuse(
+                            "certificate_unchecked",
+                            "the broker cannot check the certificate right now: retry",
+                        )
+                    })?;
+                match record {
+                    Some(r)
+                        if r.subject == verified.spiffe_id
+                            && r.thumbprint == verified.thumbprint =>
+                    {
+                        if let Some(c) = &caller.conn {
+                            let _ = c.agent_certificate_recorded.set(());
+                        }
+                    }
+                    _ => {
+                        return Err(refuse(
+                            "certificate_unknown",
+                            "the client certificate was not issued through this broker: get one with `taskpass agent cert issue`",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(verified)
+    }
+
     /// Charges the agent's rate limit; every agent call is charged. Over it, the refusal is
     /// counted, not written.
-    fn charge(&self, agent: &Agent, action: &'static str) -> Result<(), ApiError> {
+    pub(crate) fn charge(&self, agent: &Agent, action: &'static str) -> Result<(), ApiError> {
         let Some(rate) = &self.rate else {
             return Ok(());
         };
@@ -453,7 +582,8 @@ impl Broker {
     ) -> Result<pb::Task, ApiError> {
         let agent = self
             .authenticate(caller, "start_task", req.attestation.as_ref())
-            .await?;
+            .await?
+            .agent;
         self.charge(&agent, "start_task")?;
         let parsed = (|| {
             Ok::<_, ApiError>(StartRequest {
@@ -517,7 +647,7 @@ impl Broker {
         caller: &Caller,
         req: pb::IssueTokenRequest,
     ) -> Result<pb::IssueTokenResponse, ApiError> {
-        let agent = self
+        let Attested { agent, cnf } = self
             .authenticate(caller, "issue_token", req.attestation.as_ref())
             .await?;
         self.charge(&agent, "issue_token")?;
@@ -556,7 +686,10 @@ impl Broker {
             expires_at: grant.expires_at,
             revoked_at: None,
         };
-        let claims = AccessClaims::for_record(&self.issuer, &record, task.on_behalf_of.as_deref());
+        let mut claims =
+            AccessClaims::for_record(&self.issuer, &record, task.on_behalf_of.as_deref());
+        // RFC 8705: a token issued under mTLS attestation is bound to that certificate.
+        claims.cnf = cnf;
         let access_token = self.keys.sign(&claims)?;
         let mut a = AuditEntry::draft(now, agent.id.as_str(), "issue_token");
         a.reason = "task_grant".into();
@@ -588,7 +721,8 @@ impl Broker {
     ) -> Result<pb::CompleteTaskResponse, ApiError> {
         let agent = self
             .authenticate(caller, "complete_task", req.attestation.as_ref())
-            .await?;
+            .await?
+            .agent;
         self.charge(&agent, "complete_task")?;
         // Read first, so that an unknown or closed task costs no write.
         let task = self
@@ -641,7 +775,8 @@ impl Broker {
     ) -> Result<pb::Task, ApiError> {
         let agent = self
             .authenticate(caller, "get_task", req.attestation.as_ref())
-            .await?;
+            .await?
+            .agent;
         self.charge(&agent, "get_task")?;
         let task = self.load_own_task(&agent, "get_task", &req.task_id).await?;
         self.require_active(&agent, "get_task", &task.id.to_string())
@@ -702,9 +837,16 @@ impl Broker {
             Some(AgentState::Suspended) => return Ok(inactive("agent_suspended")),
             _ => return Ok(inactive("unknown_agent")),
         }
+        let (cnf_x5t_s256, cnf_jkt) = match &claims.cnf {
+            Some(Confirmation::Certificate(t)) => (t.clone(), String::new()),
+            Some(Confirmation::Key(t)) => (String::new(), t.clone()),
+            None => (String::new(), String::new()),
+        };
         Ok(pb::IntrospectResponse {
             active: true,
             inactive_reason: String::new(),
+            cnf_x5t_s256,
+            cnf_jkt,
             act_sub: claims
                 .act
                 .as_ref()

@@ -64,6 +64,28 @@ pub struct AttestationSection {
     /// Trusted workload issuers.
     #[serde(default)]
     pub oidc: Vec<OidcIssuerConfig>,
+    /// Lifetime of an agent certificate the broker issues when none is asked for, hours.
+    #[serde(default = "default_certificate_hours")]
+    pub certificate_hours: u32,
+    /// The longest agent certificate lifetime that may be asked for, hours.
+    #[serde(default = "default_max_certificate_hours")]
+    pub max_certificate_hours: u32,
+    /// Certificate authorities trusted for agents' client certificates, beside the broker's
+    /// own CA.
+    #[serde(default)]
+    pub x509: Vec<X509AuthorityConfig>,
+}
+
+/// One `[[attestation.x509]]` table: an external certificate authority (a SPIRE server's
+/// bundle, a corporate PKI) and the SPIFFE trust domains it may vouch for. It never vouches
+/// for operators.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct X509AuthorityConfig {
+    /// PEM file of the authority's root certificates.
+    pub ca_file: PathBuf,
+    /// The trust domains its certificates may name.
+    pub trust_domains: Vec<String>,
 }
 
 /// The `[limits]` table: what one client may hold or ask of the broker. Every key has a safe
@@ -271,6 +293,12 @@ fn max_task() -> u32 {
 fn default_leeway() -> u32 {
     30
 }
+fn default_certificate_hours() -> u32 {
+    24
+}
+fn default_max_certificate_hours() -> u32 {
+    168
+}
 fn default_limits() -> LimitsSection {
     LimitsSection::default()
 }
@@ -297,6 +325,9 @@ fn default_attestation() -> AttestationSection {
     AttestationSection {
         leeway_seconds: default_leeway(),
         oidc: Vec::new(),
+        certificate_hours: default_certificate_hours(),
+        max_certificate_hours: default_max_certificate_hours(),
+        x509: Vec::new(),
     }
 }
 
@@ -319,6 +350,10 @@ pub struct Config {
     pub leeway_seconds: u32,
     /// Trusted issuers.
     pub oidc: Vec<OidcIssuerConfig>,
+    /// External certificate authorities for agents, with absolute `ca_file`s.
+    pub x509: Vec<X509AuthorityConfig>,
+    /// Agent certificate lifetimes, hours: (default, max).
+    pub certificate_hours: (u32, u32),
     /// redb cache, bytes.
     pub store_cache_bytes: usize,
     /// Per-agent rate limit: (requests per second, burst); `None` when off.
@@ -400,6 +435,31 @@ impl ConfigFile {
                 problems.push(format!("attestation.oidc[{i}] ({}): {p}", o.issuer));
             }
         }
+        let (ch, mh) = (
+            self.attestation.certificate_hours,
+            self.attestation.max_certificate_hours,
+        );
+        if ch == 0 || mh == 0 || ch > mh {
+            problems.push("attestation.certificate_hours must be at least 1 and at most attestation.max_certificate_hours".into());
+        }
+        if mh > 24 * 90 {
+            problems.push("attestation.max_certificate_hours is above 2160 (90 days): agent certificates are meant to be short-lived".into());
+        }
+        for (i, x) in self.attestation.x509.iter().enumerate() {
+            if x.trust_domains.is_empty() {
+                problems.push(format!(
+                    "attestation.x509[{i}] ({}): trust_domains is empty: name the trust domains this CA may vouch for",
+                    x.ca_file.display()
+                ));
+            }
+            for td in &x.trust_domains {
+                if TrustDomain::parse(td).is_err() {
+                    problems.push(format!(
+                        "attestation.x509[{i}]: trust domain {td:?} is not a SPIFFE trust domain name"
+                    ));
+                }
+            }
+        }
         let resolve = |p: &Path| {
             let joined = if p.is_absolute() {
                 p.to_path_buf()
@@ -421,6 +481,15 @@ impl ConfigFile {
                 o
             })
             .collect();
+        let x509 = self
+            .attestation
+            .x509
+            .into_iter()
+            .map(|mut x| {
+                x.ca_file = resolve(&x.ca_file);
+                x
+            })
+            .collect();
         match (trust_domain, problems.is_empty()) {
             (Some(trust_domain), true) => Ok(Config {
                 listen: self.server.listen,
@@ -436,6 +505,8 @@ impl ConfigFile {
                 },
                 leeway_seconds: self.attestation.leeway_seconds,
                 oidc,
+                x509,
+                certificate_hours: (ch, mh),
                 store_cache_bytes: usize::try_from(self.server.store_cache_mb)
                     .unwrap_or(64)
                     .saturating_mul(1 << 20),

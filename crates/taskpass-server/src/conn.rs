@@ -164,6 +164,12 @@ pub struct ConnState {
     pub client: IpAddr,
     /// Live WatchRevocations streams on this connection.
     pub watches: AtomicUsize,
+    /// What the client certificate proves as an agent's, verified on first use.
+    pub agent_certificate: std::sync::OnceLock<
+        Result<taskpass_attest::CertificateIdentity, taskpass_attest::AttestError>,
+    >,
+    /// Set once the broker found that certificate in its records (broker-issued ones).
+    pub agent_certificate_recorded: std::sync::OnceLock<()>,
 }
 
 impl ConnState {
@@ -173,6 +179,8 @@ impl ConnState {
             idle_since: Mutex::new(Instant::now()),
             client,
             watches: AtomicUsize::new(0),
+            agent_certificate: std::sync::OnceLock::new(),
+            agent_certificate_recorded: std::sync::OnceLock::new(),
         })
     }
 

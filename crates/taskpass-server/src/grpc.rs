@@ -72,6 +72,11 @@ impl Services {
     fn caller<T>(req: &Request<T>) -> Caller {
         Caller {
             addr: req.remote_addr(),
+            certs: req.peer_certs(),
+            conn: req
+                .extensions()
+                .get::<Arc<crate::conn::ConnState>>()
+                .cloned(),
         }
     }
 
@@ -133,6 +138,18 @@ impl pb::agent_service_server::AgentService for Services {
         })
         .await
     }
+
+    async fn renew_certificate(
+        &self,
+        req: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        let caller = Self::caller(&req);
+        self.run(
+            "RenewCertificate",
+            self.broker.renew_certificate(&caller, req.into_inner()),
+        )
+        .await
+    }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RevocationEvent, Status>> + Send>>;
@@ -142,6 +159,7 @@ fn event_to_pb(e: &RevocationEvent) -> pb::RevocationEvent {
         RevocationKind::Token => pb::RevocationKind::Token,
         RevocationKind::Task => pb::RevocationKind::Task,
         RevocationKind::Agent => pb::RevocationKind::Agent,
+        RevocationKind::Certificate => pb::RevocationKind::Certificate,
         _ => pb::RevocationKind::Unspecified,
     };
     pb::RevocationEvent {
@@ -405,6 +423,43 @@ impl pb::admin_service_server::AdminService for Services {
             Ok(pb::RevokeTokenResponse {
                 token: Some(self.broker.revoke_token(&op, req.into_inner()).await?),
             })
+        })
+        .await
+    }
+
+    async fn issue_agent_certificate(
+        &self,
+        req: Request<pb::IssueAgentCertificateRequest>,
+    ) -> Result<Response<pb::IssueAgentCertificateResponse>, Status> {
+        self.run("IssueAgentCertificate", async {
+            let op = self.operator(&req)?;
+            self.broker
+                .issue_agent_certificate(&op, req.into_inner())
+                .await
+        })
+        .await
+    }
+
+    async fn list_certificates(
+        &self,
+        req: Request<pb::ListCertificatesRequest>,
+    ) -> Result<Response<pb::ListCertificatesResponse>, Status> {
+        self.run("ListCertificates", async {
+            let op = self.operator(&req)?;
+            Ok(pb::ListCertificatesResponse {
+                certificates: self.broker.list_certificates(&op, req.into_inner()).await?,
+            })
+        })
+        .await
+    }
+
+    async fn revoke_certificate(
+        &self,
+        req: Request<pb::RevokeCertificateRequest>,
+    ) -> Result<Response<pb::RevokeCertificateResponse>, Status> {
+        self.run("RevokeCertificate", async {
+            let op = self.operator(&req)?;
+            self.broker.revoke_certificate(&op, req.into_inner()).await
         })
         .await
     }

@@ -14,6 +14,7 @@
 
 mod admin;
 mod broker;
+mod certificates;
 mod config;
 mod conn;
 mod error;
@@ -30,10 +31,13 @@ mod tls;
 pub use broker::{Broker, MAX_ATTESTATION_BYTES};
 pub use config::{
     AttestationSection, Config, ConfigError, ConfigFile, LimitsSection, ServerSection,
-    TokensSection,
+    TokensSection, X509AuthorityConfig,
 };
 pub use error::ApiError;
 pub use keys::{KeyRing, MAX_TOKEN_BYTES};
-pub use pki::{BrokerPki, PkiError, files, issue_operator, load_issuer, operator_uri, write_file};
+pub use pki::{
+    BrokerPki, IssuedCertificate, PkiError, files, issue_from_csr, issue_operator, load_issuer,
+    operator_uri, write_file,
+};
 pub use serve::{GRACE, MAX_MESSAGE_BYTES, RunningBroker, StartError, launch, serve};
 pub use tls::{GrpcStream, TlsError};

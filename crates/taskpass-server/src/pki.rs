@@ -345,6 +345,85 @@ pub fn issue_operator(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// A certificate issued from a CSR.
+#[derive(Debug, Clone)]
+pub struct IssuedCertificate {
+    /// The certificate, PEM.
+    pub pem: String,
+    /// Its DER.
+    pub der: Vec<u8>,
+    /// Its serial, lowercase hex.
+    pub serial: String,
+    /// `notBefore`, Unix seconds.
+    pub not_before: i64,
+    /// `notAfter`, Unix seconds.
+    pub not_after: i64,
+}
+
+/// Issues a client certificate for `spiffe_id` to the key of `csr_pem`, valid for `hours`.
+/// Only the CSR's public key is used (its signature proves the requester holds the private
+/// key); everything else the certificate says is the broker's: one URI SAN, clientAuth, not a
+/// CA, a random 128-bit serial. Keys: ECDSA P-256/P-384 or Ed25519.
+pub fn issue_from_csr(
+    issuer: &Issuer<'_, KeyPair>,
+    spiffe_id: &taskpass_core::SpiffeId,
+    csr_pem: &str,
+    hours: u32,
+) -> Result<IssuedCertificate, PkiError> {
+    let bad = |detail: &str| PkiError::Cert {
+        what: "CSR",
+        detail: detail.to_owned(),
+    };
+    if csr_pem.len() > 16 * 1024 {
+        return Err(bad("the CSR is larger than 16 KiB"));
+    }
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|_| bad("not a PEM certificate signing request whose signature verifies"))?;
+    let alg = csr.public_key.algorithm();
+    if ![
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+        &rcgen::PKCS_ECDSA_P384_SHA384,
+        &rcgen::PKCS_ED25519,
+    ]
+    .contains(&alg)
+    {
+        return Err(bad("the CSR's key must be ECDSA P-256, P-384 or Ed25519"));
+    }
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, spiffe_id.path().trim_start_matches('/'));
+    p.distinguished_name = dn;
+    p.subject_alt_names = vec![SanType::URI(
+        spiffe_id
+            .as_str()
+            .try_into()
+            .map_err(cert_err("certificate SAN"))?,
+    )];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.is_ca = IsCa::ExplicitNoCa;
+    let mut serial = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial)
+        .map_err(|_| bad("no randomness for the serial"))?;
+    serial[0] &= 0x7f;
+    serial[0] |= 0x40;
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    let now = time::OffsetDateTime::now_utc();
+    // A little before now, for clocks slightly behind the broker's.
+    p.not_before = now - time::Duration::minutes(5);
+    p.not_after = now + time::Duration::hours(i64::from(hours));
+    let cert = p
+        .signed_by(&csr.public_key, issuer)
+        .map_err(cert_err("client certificate"))?;
+    Ok(IssuedCertificate {
+        pem: cert.pem(),
+        der: cert.der().to_vec(),
+        serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
+        not_before: p.not_before.unix_timestamp(),
+        not_after: p.not_after.unix_timestamp(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -181,6 +181,31 @@ pub async fn serve(
         Arc::clone(&clock),
     )
     .await?;
+    // Client certificates: the broker's CA vouches for operators and for its own trust
+    // domain's agents; each [[attestation.x509]] CA for the agents of the domains it names.
+    let broker_ca = crate::tls::certs("the broker's CA (ca.pem)", &pki.ca_pem)?;
+    let own = || crate::broker::own_authority(&broker_ca, &config.trust_domain);
+    let mut agent_authorities = vec![own()];
+    let mut agent_roots = broker_ca.clone();
+    for x in &config.x509 {
+        let pem = std::fs::read_to_string(&x.ca_file).map_err(|e| StartError::Other {
+            what: "reading an attestation.x509 ca_file",
+            detail: format!("{}: {e}", x.ca_file.display()),
+        })?;
+        let roots = crate::tls::certs("attestation.x509 ca_file", &pem)?;
+        agent_roots.extend(roots.iter().cloned());
+        agent_authorities.push(taskpass_attest::Authority {
+            name: format!("the CA in {}", x.ca_file.display()),
+            roots,
+            trust_domains: x.trust_domains.clone(),
+        });
+    }
+    let x509_trust_domains = agent_authorities
+        .iter()
+        .flat_map(|a| a.trust_domains.iter().cloned())
+        .collect();
+    let agent_certs = Arc::new(taskpass_attest::X509Verifier::new(agent_authorities)?);
+    let operator_certs = Arc::new(taskpass_attest::X509Verifier::new(vec![own()])?);
     let issuer = config
         .issuer
         .clone()
@@ -199,7 +224,15 @@ pub async fn serve(
         clock: Arc::clone(&clock),
         metrics: Arc::new(Metrics::default()),
         trusted_issuers: config.oidc.iter().map(|o| o.issuer.clone()).collect(),
-        x509_trust_domains: vec![config.trust_domain.to_string()],
+        x509_trust_domains,
+        agent_certs,
+        operator_certs,
+        revoked_serials: crate::certificates::RevokedSerials::new(
+            store.revoked_certificates(clock.now()).await?,
+        ),
+        data_dir: dir.clone(),
+        ca_pem: pki.ca_pem.clone(),
+        certificate_hours: config.certificate_hours,
         shutdown: shutdown_rx.clone(),
         rate: config
             .agent_rate
@@ -279,7 +312,12 @@ pub async fn serve(
     // HTTPS.
     let caps = &config.caps;
     let handshake = Duration::from_secs(u64::from(caps.handshake_timeout_seconds));
-    let http_tls = crate::tls::server_config(&pki.ca_pem, &certs, &[b"h2", b"http/1.1"])?;
+    let http_tls = crate::tls::server_config(
+        &broker_ca,
+        crate::tls::ClientCerts::Verified,
+        &certs,
+        &[b"h2", b"http/1.1"],
+    )?;
     tasks.push(tokio::spawn(crate::conn::serve_https(
         crate::tls::incoming(
             http_listener,
@@ -330,7 +368,12 @@ pub async fn serve(
     let routes = tower::ServiceBuilder::new()
         .map_response(size_limit_is_resource_exhausted)
         .service(routes);
-    let grpc_tls = crate::tls::server_config(&pki.ca_pem, &certs, &[b"h2"])?;
+    let grpc_tls = crate::tls::server_config(
+        &agent_roots,
+        crate::tls::ClientCerts::Deferred,
+        &certs,
+        &[b"h2"],
+    )?;
     let grpc = tokio::spawn(crate::conn::serve_grpc(
         crate::tls::incoming(
             grpc_listener,

@@ -5,7 +5,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::RootCertStore;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -37,7 +39,8 @@ pub enum TlsError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
-fn certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The certificates of a PEM document; an error when it holds none.
+pub fn certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
@@ -106,27 +109,100 @@ fn certified(
     Ok(ck)
 }
 
-/// The server config; `alpn` lists the protocols offered.
+/// Which client certificates the TLS handshake itself accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCerts {
+    /// Only chains to the roots (the HTTPS listener).
+    Verified,
+    /// Any certificate whose key signs the handshake; the chain is verified above TLS, on
+    /// every use, by the verifier of the identity it claims (`taskpass_attest::X509Verifier`:
+    /// operators against the broker's CA alone, agents per `[[attestation.x509]]`). So a bad
+    /// agent certificate is answered UNAUTHENTICATED with its reason rather than a TLS alert.
+    /// Nothing may read the peer certificates of such a connection without verifying them.
+    Deferred,
+}
+
+/// The server config; `alpn` lists the protocols offered. A client certificate is optional;
+/// `client_roots` are the CAs hinted to clients (and, with [`ClientCerts::Verified`], the
+/// only ones accepted).
 pub fn server_config(
-    ca_pem: &str,
+    client_roots: &[CertificateDer<'static>],
+    client_certs: ClientCerts,
     certs_in_use: &Arc<CertStore>,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
-    for c in certs("CA certificate", ca_pem)? {
-        roots.add(c)?;
+    for c in client_roots {
+        roots.add(c.clone())?;
     }
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
             .allow_unauthenticated()
             .build()?;
+    let verifier: Arc<dyn ClientCertVerifier> = match client_certs {
+        ClientCerts::Verified => verifier,
+        ClientCerts::Deferred => Arc::new(DeferredClientVerifier { hints: verifier }),
+    };
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::clone(certs_in_use) as Arc<dyn ResolvesServerCert>);
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
+}
+
+/// Accepts any client certificate whose key signs the handshake (see
+/// [`ClientCerts::Deferred`]); root hints and signature checks are the WebPKI verifier's.
+#[derive(Debug)]
+struct DeferredClientVerifier {
+    hints: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for DeferredClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.hints.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Verified above TLS, by the verifier of the identity the certificate claims.
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.hints.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.hints.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.hints.supported_verify_schemes()
+    }
 }
 
 /// Accepts TCP connections and completes TLS handshakes concurrently; yields the streams
@@ -269,7 +345,8 @@ mod tests {
         let td = TrustDomain::parse("example.org").unwrap();
         let pki = crate::pki::bootstrap(dir.path(), &td, &[], &[]).unwrap();
         let store = CertStore::new(&pki.server_chain_pem, &pki.server_key_pem).unwrap();
-        let cfg = server_config(&pki.ca_pem, &store, &[b"http/1.1"]).unwrap();
+        let roots = certs("CA", &pki.ca_pem).unwrap();
+        let cfg = server_config(&roots, ClientCerts::Verified, &store, &[b"http/1.1"]).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let admission = Admission::new("test", 16, 16);

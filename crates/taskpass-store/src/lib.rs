@@ -28,8 +28,8 @@ use std::fmt;
 
 use async_trait::async_trait;
 use taskpass_core::{
-    Agent, AgentId, AgentName, AgentState, AuditEntry, Binding, RevocationEvent, Task, TaskId,
-    TaskState, TokenId, TokenRecord,
+    Agent, AgentId, AgentName, AgentState, AuditEntry, Binding, CertificateRecord, RevocationEvent,
+    Task, TaskId, TaskState, TokenId, TokenRecord,
 };
 use tokio::sync::broadcast;
 
@@ -80,6 +80,30 @@ pub struct ChangeAgentState {
     pub now: i64,
     /// The longest any token can live (the broker's max TTL): bounds `not_after`.
     pub max_ttl_seconds: u32,
+    /// The audit entry to append.
+    pub audit: AuditDraft,
+}
+
+/// A certificate the broker's CA issued, to record.
+#[derive(Debug, Clone)]
+pub struct IssueCertificate {
+    /// The agent it was issued to; it must be active.
+    pub agent: AgentName,
+    /// The record (its `subject` is what the certificate names).
+    pub record: CertificateRecord,
+    /// The audit entry to append.
+    pub audit: AuditDraft,
+}
+
+/// A certificate to revoke.
+#[derive(Debug, Clone)]
+pub struct RevokeCertificate {
+    /// Its serial, lowercase hex.
+    pub serial: String,
+    /// Why.
+    pub reason: String,
+    /// Unix seconds.
+    pub now: i64,
     /// The audit entry to append.
     pub audit: AuditDraft,
 }
@@ -147,6 +171,33 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Every agent, by name.
     async fn list_agents(&self) -> Result<Vec<Agent>, StoreError>;
+
+    /// Records a certificate issued to an active agent, binding the agent to the
+    /// certificate's identity if it is not bound to it yet (`AlreadyExists` when another
+    /// agent is).
+    async fn record_certificate(
+        &self,
+        issue: IssueCertificate,
+    ) -> Result<CertificateRecord, StoreError>;
+
+    /// The certificate with this serial.
+    async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError>;
+
+    /// The certificates of a holder (see `CertificateHolder::key`), newest serial last.
+    async fn list_certificates(
+        &self,
+        holder: &str,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>, StoreError>;
+
+    /// Revokes a certificate and appends its revocation (kind `Certificate`).
+    async fn revoke_certificate(
+        &self,
+        revoke: RevokeCertificate,
+    ) -> Result<(CertificateRecord, RevocationEvent), StoreError>;
+
+    /// The serials of revoked certificates that have not expired at `now`.
+    async fn revoked_certificates(&self, now: i64) -> Result<Vec<String>, StoreError>;
 
     /// Records a new task, after checking that its agent is still active.
     async fn create_task(&self, task: Task, audit: AuditDraft) -> Result<Task, StoreError>;

@@ -10,16 +10,17 @@ use redb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use taskpass_core::{
-    Agent, AgentId, AgentName, AgentState, AuditEntry, AuditOutcome, Binding, GENESIS_HASH,
-    RevocationEvent, RevocationKind, Task, TaskId, TaskState, TokenId, TokenRecord, verify_chain,
+    Agent, AgentId, AgentName, AgentState, AuditEntry, AuditOutcome, Binding, CertificateRecord,
+    GENESIS_HASH, RevocationEvent, RevocationKind, Task, TaskId, TaskState, TokenId, TokenRecord,
+    verify_chain,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::cache::{Changes, RecordCache};
 use crate::tables::*;
 use crate::{
-    AuditDraft, AuditVerification, ChangeAgentState, ChangedAgent, EndTask, EndedTask, Store,
-    StoreError, StoreStats,
+    AuditDraft, AuditVerification, ChangeAgentState, ChangedAgent, EndTask, EndedTask,
+    IssueCertificate, RevokeCertificate, Store, StoreError, StoreStats,
 };
 
 /// Tuning for [`RedbStore`].
@@ -111,6 +112,8 @@ enum Command {
     },
     AppendAudit(AuditDraft),
     AppendAudits(Vec<AuditDraft>),
+    RecordCertificate(IssueCertificate),
+    RevokeCertificate(RevokeCertificate),
 }
 
 #[derive(Debug)]
@@ -121,6 +124,8 @@ enum Outcome {
     Ended(EndedTask),
     Expired(Vec<EndedTask>),
     RevokedToken(TokenRecord, RevocationEvent),
+    Certificate(CertificateRecord),
+    RevokedCertificate(CertificateRecord, RevocationEvent),
     Done,
 }
 
@@ -286,6 +291,8 @@ fn init_schema(db: &Database) -> Result<Heads, StoreError> {
         txn.open_table(TOKENS_BY_TASK)?;
         txn.open_table(REVOCATIONS)?;
         txn.open_table(AUDIT)?;
+        txn.open_table(CERTIFICATES)?;
+        txn.open_table(CERTIFICATES_BY_HOLDER)?;
     }
     let heads = {
         let audit = txn.open_table(AUDIT)?;
@@ -428,6 +435,8 @@ struct Tables<'t> {
     tokens_by_task: Table<'t, (&'static str, &'static str), ()>,
     revocations: Table<'t, u64, &'static [u8]>,
     audit: Table<'t, u64, &'static [u8]>,
+    certificates: Table<'t, &'static str, &'static [u8]>,
+    certificates_by_holder: Table<'t, (&'static str, &'static str), ()>,
 }
 
 impl<'t> Tables<'t> {
@@ -442,6 +451,8 @@ impl<'t> Tables<'t> {
             tokens_by_task: txn.open_table(TOKENS_BY_TASK)?,
             revocations: txn.open_table(REVOCATIONS)?,
             audit: txn.open_table(AUDIT)?,
+            certificates: txn.open_table(CERTIFICATES)?,
+            certificates_by_holder: txn.open_table(CERTIFICATES_BY_HOLDER)?,
         })
     }
 }
@@ -578,6 +589,8 @@ fn audit_draft(cmd: &Command) -> Option<&AuditDraft> {
         | Command::RevokeToken { audit: a, .. } => Some(a),
         Command::AppendAudits(_) => None,
         Command::ChangeAgentState(c) => Some(&c.audit),
+        Command::RecordCertificate(c) => Some(&c.audit),
+        Command::RevokeCertificate(c) => Some(&c.audit),
         Command::EndTask(e) => Some(&e.audit),
         Command::ExpireTasks(_) => None,
     }
@@ -674,6 +687,7 @@ fn apply(
                 )));
             }
             let mut revoked_tasks = 0u32;
+            let mut revoked_certificates = 0u32;
             if matches!(c.state, AgentState::Suspended | AgentState::Offboarded) {
                 let reason = if c.state == AgentState::Offboarded {
                     "agent_offboarded"
@@ -714,6 +728,17 @@ fn apply(
                     for b in &agent.bindings {
                         t.bindings.remove(b.key())?;
                     }
+                    let revoked = revoke_holder_certificates(
+                        t,
+                        heads,
+                        events,
+                        agent.id.as_str(),
+                        reason,
+                        c.now,
+                    )?;
+                    if revoked > 0 {
+                        revoked_certificates = revoked;
+                    }
                     append_revocation(
                         t,
                         heads,
@@ -737,6 +762,14 @@ fn apply(
                 audit.detail = format!("{} revoked_tasks={revoked_tasks}", audit.detail)
                     .trim()
                     .to_owned();
+            }
+            if revoked_certificates > 0 {
+                audit.detail = format!(
+                    "{} revoked_certificates={revoked_certificates}",
+                    audit.detail
+                )
+                .trim()
+                .to_owned();
             }
             append_audit(t, heads, audit)?;
             Ok(Outcome::ChangedAgent(ChangedAgent {
@@ -886,7 +919,129 @@ fn apply(
             }
             Ok(Outcome::Done)
         }
+        Command::RecordCertificate(c) => {
+            let mut agent: Agent = rec
+                .agent(t, c.agent.as_str())?
+                .map(|a| (*a).clone())
+                .ok_or_else(|| StoreError::NotFound {
+                    what: format!("agent {}", c.agent),
+                })?;
+            if agent.state != AgentState::Active {
+                return Err(StoreError::Precondition(format!(
+                    "agent {} is {}: certificates are issued to active agents only",
+                    c.agent,
+                    agent.state.as_str()
+                )));
+            }
+            if t.certificates.get(c.record.serial.as_str())?.is_some() {
+                return Err(StoreError::AlreadyExists {
+                    what: format!("certificate serial {}", c.record.serial),
+                });
+            }
+            let binding = Binding::X509 {
+                spiffe_id: c.record.subject.clone(),
+            };
+            if !agent.bindings.contains(&binding) {
+                if let Some(owner) = t.bindings.get(binding.key())? {
+                    return Err(StoreError::AlreadyExists {
+                        what: format!("{binding} (bound to agent {})", owner.value()),
+                    });
+                }
+                t.bindings.insert(binding.key(), agent.name.as_str())?;
+                agent.bindings.push(binding);
+                agent.updated_at = c.record.issued_at;
+                rec.put_agent(t, agent)?;
+            }
+            t.certificates.insert(
+                c.record.serial.as_str(),
+                encode("certificate", &c.record)?.as_slice(),
+            )?;
+            t.certificates_by_holder
+                .insert((c.record.holder.key(), c.record.serial.as_str()), ())?;
+            append_audit(t, heads, c.audit.clone())?;
+            Ok(Outcome::Certificate(c.record.clone()))
+        }
+        Command::RevokeCertificate(r) => {
+            let mut cert: CertificateRecord = get_json(&t.certificates, "certificate", &r.serial)?
+                .ok_or_else(|| StoreError::NotFound {
+                    what: format!("certificate serial {}", r.serial),
+                })?;
+            if cert.revoked_at.is_some() {
+                return Err(StoreError::Precondition(format!(
+                    "certificate {} is already revoked",
+                    r.serial
+                )));
+            }
+            let event = revoke_certificate_in(t, heads, events, &mut cert, &r.reason, r.now)?;
+            append_audit(t, heads, r.audit.clone())?;
+            Ok(Outcome::RevokedCertificate(cert, event))
+        }
     }
+}
+
+/// Marks `cert` revoked and appends its revocation.
+fn revoke_certificate_in(
+    t: &mut Tables<'_>,
+    heads: &mut Heads,
+    events: &mut Vec<RevocationEvent>,
+    cert: &mut CertificateRecord,
+    reason: &str,
+    now: i64,
+) -> Result<RevocationEvent, StoreError> {
+    cert.revoked_at = Some(now);
+    cert.revoke_reason = reason.to_owned();
+    t.certificates.insert(
+        cert.serial.as_str(),
+        encode("certificate", &*cert)?.as_slice(),
+    )?;
+    append_revocation(
+        t,
+        heads,
+        events,
+        RevocationEvent {
+            sequence: 0,
+            kind: RevocationKind::Certificate,
+            id: cert.serial.clone(),
+            revoked_at: now,
+            not_after: cert.not_after,
+            reason: reason.to_owned(),
+        },
+    )
+}
+
+/// Revokes every live certificate of `holder`; returns how many.
+fn revoke_holder_certificates(
+    t: &mut Tables<'_>,
+    heads: &mut Heads,
+    events: &mut Vec<RevocationEvent>,
+    holder: &str,
+    reason: &str,
+    now: i64,
+) -> Result<u32, StoreError> {
+    let serials: Vec<String> = {
+        let mut out = Vec::new();
+        for row in t
+            .certificates_by_holder
+            .range((holder, "")..(holder, "~"))?
+        {
+            let (k, _) = row?;
+            out.push(k.value().1.to_owned());
+        }
+        out
+    };
+    let mut n = 0;
+    for serial in serials {
+        let mut cert: CertificateRecord = get_json(&t.certificates, "certificate", &serial)?
+            .ok_or_else(|| StoreError::Corrupt {
+                what: "certificates_by_holder",
+                detail: format!("index names missing certificate {serial}"),
+            })?;
+        if cert.is_live(now) {
+            revoke_certificate_in(t, heads, events, &mut cert, reason, now)?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Moves a task to a final state, counts its live tokens and appends its revocation.
@@ -1034,6 +1189,63 @@ impl Store for RedbStore {
             for row in txn.open_table(AGENTS)?.iter()? {
                 let (_, v) = row?;
                 out.push(decode("agent", v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn record_certificate(
+        &self,
+        issue: IssueCertificate,
+    ) -> Result<CertificateRecord, StoreError> {
+        expect_outcome!(self.submit(Command::RecordCertificate(issue)).await, Outcome::Certificate(c) => c)
+    }
+
+    async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError> {
+        self.read(|txn| get_json(&txn.open_table(CERTIFICATES)?, "certificate", serial))
+    }
+
+    async fn list_certificates(
+        &self,
+        holder: &str,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>, StoreError> {
+        self.read(|txn| {
+            let certs = txn.open_table(CERTIFICATES)?;
+            let mut out = Vec::new();
+            for row in txn
+                .open_table(CERTIFICATES_BY_HOLDER)?
+                .range((holder, "")..(holder, "~"))?
+            {
+                let (k, _) = row?;
+                let serial = k.value().1.to_owned();
+                if let Some(c) = get_json(&certs, "certificate", &serial)? {
+                    out.push(c);
+                }
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn revoke_certificate(
+        &self,
+        revoke: RevokeCertificate,
+    ) -> Result<(CertificateRecord, RevocationEvent), StoreError> {
+        expect_outcome!(self.submit(Command::RevokeCertificate(revoke)).await, Outcome::RevokedCertificate(c, e) => (c, e))
+    }
+
+    async fn revoked_certificates(&self, now: i64) -> Result<Vec<String>, StoreError> {
+        self.read(|txn| {
+            let mut out = Vec::new();
+            for row in txn.open_table(CERTIFICATES)?.iter()? {
+                let (_, v) = row?;
+                let c: CertificateRecord = decode("certificate", v.value())?;
+                if c.revoked_at.is_some() && c.not_after > now {
+                    out.push(c.serial);
+                }
             }
             Ok(out)
         })

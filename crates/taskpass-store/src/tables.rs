@@ -31,6 +31,11 @@ pub(crate) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("to
 /// (task id, token id) → ().
 pub(crate) const TOKENS_BY_TASK: TableDefinition<(&str, &str), ()> =
     TableDefinition::new("tokens_by_task");
+/// Serial (lowercase hex) → CertificateRecord, for certificates the broker's CA issued.
+pub(crate) const CERTIFICATES: TableDefinition<&str, &[u8]> = TableDefinition::new("certificates");
+/// (holder key, serial) → ().
+pub(crate) const CERTIFICATES_BY_HOLDER: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("certificates_by_holder");
 /// Sequence → RevocationEvent.
 pub(crate) const REVOCATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("revocations");
 /// Sequence → AuditEntry.

@@ -60,7 +60,9 @@ impl Command {
             | Command::ChangeAgentState(_)
             | Command::EndTask(_)
             | Command::ExpireTasks(_)
-            | Command::RevokeToken { .. } => Lane::Priority,
+            | Command::RevokeToken { .. }
+            | Command::RecordCertificate(_)
+            | Command::RevokeCertificate(_) => Lane::Priority,
         }
     }
 }
