@@ -73,6 +73,60 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
                 format!("registered {}\n{}", a.agent_id, out::agent_line(&a))
             });
         }
+        Command::Agent(AgentCmd::Update {
+            name,
+            owner,
+            purpose,
+            oidc,
+            x509,
+            no_oidc,
+            no_x509,
+            audiences,
+            scopes,
+            max_ttl,
+            tenant,
+            environment,
+            review_days,
+        }) => {
+            let list = |v: Vec<String>| (!v.is_empty()).then_some(pb::StringList { values: v });
+            let oidc = if no_oidc || !oidc.is_empty() {
+                Some(pb::OidcBindingList {
+                    values: oidc
+                        .iter()
+                        .map(|s| parse_binding(s))
+                        .collect::<Result<_, _>>()?,
+                })
+            } else {
+                None
+            };
+            let x509 = if no_x509 {
+                Some(pb::StringList { values: vec![] })
+            } else {
+                list(x509)
+            };
+            let a = admin
+                .update_agent(pb::UpdateAgentRequest {
+                    name,
+                    owner,
+                    purpose,
+                    tenant,
+                    environment,
+                    max_ttl_seconds: max_ttl,
+                    review_every_days: review_days,
+                    audiences: list(audiences),
+                    scopes: list(scopes),
+                    approval_scopes: None,
+                    oidc,
+                    x509,
+                })
+                .await?
+                .into_inner()
+                .agent
+                .unwrap_or_default();
+            emit(g, out::agent(&a), || {
+                format!("updated {}\n{}", a.agent_id, out::agent_line(&a))
+            });
+        }
         Command::Agent(AgentCmd::List) => {
             let agents = admin
                 .list_agents(pb::ListAgentsRequest {})

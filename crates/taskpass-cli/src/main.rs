@@ -125,6 +125,43 @@ pub enum AgentCmd {
         #[arg(long, default_value_t = 90)]
         review_days: u32,
     },
+    /// Change an agent: each flag given replaces that field (a repeatable flag replaces the
+    /// whole list); the rest stays. Audited with every change, before and after.
+    Update {
+        name: String,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        purpose: Option<String>,
+        /// Replaces the OIDC identities: ISSUER=SUBJECT (repeatable).
+        #[arg(long = "oidc", value_name = "ISSUER=SUBJECT")]
+        oidc: Vec<String>,
+        /// Replaces the certificate identities (repeatable).
+        #[arg(long = "x509", value_name = "SPIFFE_ID")]
+        x509: Vec<String>,
+        /// Removes every OIDC identity (the agent must keep another).
+        #[arg(long, conflicts_with = "oidc")]
+        no_oidc: bool,
+        /// Removes every certificate identity (the agent must keep another).
+        #[arg(long, conflicts_with = "x509")]
+        no_x509: bool,
+        /// Replaces the audiences (repeatable).
+        #[arg(long = "audience", value_name = "AUD")]
+        audiences: Vec<String>,
+        /// Replaces the scopes (repeatable).
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// The largest token TTL, seconds (0: the broker's max).
+        #[arg(long, value_name = "SECONDS")]
+        max_ttl: Option<u32>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        environment: Option<String>,
+        /// Review cadence in days.
+        #[arg(long)]
+        review_days: Option<u32>,
+    },
     /// List agents.
     List,
     /// Show one agent.

@@ -288,6 +288,55 @@ impl Broker {
         Ok(agent_to_pb(&agent))
     }
 
+    /// UpdateAgent: what the request sets replaces the agent's, validated as at registration.
+    pub async fn update_agent(
+        &self,
+        op: &Operator,
+        req: pb::UpdateAgentRequest,
+    ) -> Result<pb::Agent, ApiError> {
+        self.authorize(op, Permission::ManageAgents).await?;
+        let current = self.load_agent(&req.name).await?;
+        let mut a = agent_to_pb(&current);
+        let set = |dst: &mut String, v: Option<String>| {
+            if let Some(v) = v {
+                *dst = v;
+            }
+        };
+        set(&mut a.owner, req.owner);
+        set(&mut a.purpose, req.purpose);
+        set(&mut a.tenant, req.tenant);
+        set(&mut a.environment, req.environment);
+        if let Some(n) = req.max_ttl_seconds {
+            a.max_ttl_seconds = n;
+        }
+        if let Some(n) = req.review_every_days {
+            a.review_every_days = n;
+        }
+        if let Some(l) = req.audiences {
+            a.audiences = l.values;
+        }
+        if let Some(l) = req.scopes {
+            a.scopes = l.values;
+        }
+        if let Some(l) = req.approval_scopes {
+            a.approval_scopes = l.values;
+        }
+        if let Some(l) = req.oidc {
+            a.oidc = l.values;
+        }
+        if let Some(l) = req.x509 {
+            a.x509 = l.values;
+        }
+        let now = self.now();
+        let mut agent = self.parse_agent(a, now)?;
+        agent.created_at = current.created_at;
+        let mut audit = AuditEntry::draft(now, &op.id, "agent.update");
+        audit.reason = format!("role {}", op.role.as_str());
+        audit.agent_id = agent.id.to_string();
+        let agent = self.store.update_agent(agent, audit).await?;
+        Ok(agent_to_pb(&agent))
+    }
+
     /// ListAgents.
     pub async fn list_agents(&self, op: &Operator) -> Result<Vec<pb::Agent>, ApiError> {
         self.authorize(op, Permission::ReadAgents).await?;

@@ -427,6 +427,19 @@ impl pb::admin_service_server::AdminService for Services {
         .await
     }
 
+    async fn update_agent(
+        &self,
+        req: Request<pb::UpdateAgentRequest>,
+    ) -> Result<Response<pb::UpdateAgentResponse>, Status> {
+        self.run("UpdateAgent", async {
+            let op = self.operator(&req)?;
+            Ok(pb::UpdateAgentResponse {
+                agent: Some(self.broker.update_agent(&op, req.into_inner()).await?),
+            })
+        })
+        .await
+    }
+
     async fn issue_agent_certificate(
         &self,
         req: Request<pb::IssueAgentCertificateRequest>,

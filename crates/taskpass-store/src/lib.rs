@@ -156,6 +156,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// bindings is taken.
     async fn register_agent(&self, agent: Agent, audit: AuditDraft) -> Result<Agent, StoreError>;
 
+    /// Replaces an agent's description, allow-lists and bindings with `agent`'s (its state and
+    /// creation time stay the store's). Fails with `AlreadyExists` when a new binding is
+    /// another agent's, `Precondition` when the agent is offboarded. The audit entry's detail
+    /// gains every changed field, before and after.
+    async fn update_agent(&self, agent: Agent, audit: AuditDraft) -> Result<Agent, StoreError>;
+
     /// Changes an agent's state. Suspending or offboarding revokes its open tasks; offboarding
     /// also appends an agent revocation. An offboarded agent cannot change state again.
     async fn change_agent_state(

@@ -99,6 +99,7 @@ impl Drop for Inner {
 #[derive(Debug)]
 enum Command {
     RegisterAgent(Agent, AuditDraft),
+    UpdateAgent(Agent, AuditDraft),
     ChangeAgentState(ChangeAgentState),
     CreateTask(Task, AuditDraft),
     EndTask(EndTask),
@@ -583,6 +584,7 @@ impl Records<'_> {
 fn audit_draft(cmd: &Command) -> Option<&AuditDraft> {
     match cmd {
         Command::RegisterAgent(_, a)
+        | Command::UpdateAgent(_, a)
         | Command::CreateTask(_, a)
         | Command::RecordToken(_, a)
         | Command::AppendAudit(a)
@@ -672,6 +674,44 @@ fn apply(
             }
             append_audit(t, heads, audit.clone())?;
             Ok(Outcome::Agent(agent.clone()))
+        }
+        Command::UpdateAgent(new, audit) => {
+            let old: Agent = rec
+                .agent(t, new.name.as_str())?
+                .map(|a| (*a).clone())
+                .ok_or_else(|| StoreError::NotFound {
+                    what: format!("agent {}", new.name),
+                })?;
+            if old.state == AgentState::Offboarded {
+                return Err(StoreError::Precondition(format!(
+                    "agent {} is offboarded, which is final: register a new agent instead",
+                    new.name
+                )));
+            }
+            let mut agent = new.clone();
+            agent.id = old.id.clone();
+            agent.state = old.state;
+            agent.created_at = old.created_at;
+            for b in agent.bindings.iter().filter(|b| !old.bindings.contains(b)) {
+                if let Some(owner) = t.bindings.get(b.key())? {
+                    return Err(StoreError::AlreadyExists {
+                        what: format!("{b} (bound to agent {})", owner.value()),
+                    });
+                }
+            }
+            for b in old.bindings.iter().filter(|b| !agent.bindings.contains(b)) {
+                t.bindings.remove(b.key())?;
+            }
+            for b in agent.bindings.iter().filter(|b| !old.bindings.contains(b)) {
+                t.bindings.insert(b.key(), agent.name.as_str())?;
+            }
+            let mut audit = audit.clone();
+            audit.detail = format!("{} {}", audit.detail, changes(&old, &agent)?)
+                .trim()
+                .to_owned();
+            rec.put_agent(t, agent.clone())?;
+            append_audit(t, heads, audit)?;
+            Ok(Outcome::Agent(agent))
         }
         Command::ChangeAgentState(c) => {
             let mut agent: Agent = rec
@@ -979,6 +1019,38 @@ fn apply(
     }
 }
 
+/// Every field that differs between two versions of an agent, `name=before->after`, as JSON
+/// values (so that the audit line shows exactly what changed).
+fn changes(old: &Agent, new: &Agent) -> Result<String, StoreError> {
+    let enc = |a: &Agent| match serde_json::to_value(a) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err(StoreError::Encode {
+            what: "agent",
+            detail: "not an object".into(),
+        }),
+        Err(e) => Err(StoreError::Encode {
+            what: "agent",
+            detail: e.to_string(),
+        }),
+    };
+    let (old, new) = (enc(old)?, enc(new)?);
+    let mut out = Vec::new();
+    for (k, after) in &new {
+        if k == "updated_at" {
+            continue;
+        }
+        let before = old.get(k).unwrap_or(&serde_json::Value::Null);
+        if before != after {
+            out.push(format!("{k}={before}->{after}"));
+        }
+    }
+    Ok(if out.is_empty() {
+        "unchanged".into()
+    } else {
+        out.join(" ")
+    })
+}
+
 /// Marks `cert` revoked and appends its revocation.
 fn revoke_certificate_in(
     t: &mut Tables<'_>,
@@ -1154,6 +1226,10 @@ macro_rules! expect_outcome {
 impl Store for RedbStore {
     async fn register_agent(&self, agent: Agent, audit: AuditDraft) -> Result<Agent, StoreError> {
         expect_outcome!(self.submit(Command::RegisterAgent(agent, audit)).await, Outcome::Agent(a) => a)
+    }
+
+    async fn update_agent(&self, agent: Agent, audit: AuditDraft) -> Result<Agent, StoreError> {
+        expect_outcome!(self.submit(Command::UpdateAgent(agent, audit)).await, Outcome::Agent(a) => a)
     }
 
     async fn change_agent_state(

@@ -57,6 +57,7 @@ impl Command {
             | Command::AppendAudits(_) => Lane::Agent,
             Command::EndTask(e) if e.owner.is_some() => Lane::Agent,
             Command::RegisterAgent(..)
+            | Command::UpdateAgent(..)
             | Command::ChangeAgentState(_)
             | Command::EndTask(_)
             | Command::ExpireTasks(_)
