@@ -218,12 +218,16 @@ fn bench_measures_a_real_broker() {
             "0.1",
             "--rate",
             "1000",
+            "--mtls",
             "--output",
             "json",
         ])
         .output()
         .unwrap();
     let doc = json(&out);
+    // Under mTLS attestation too, and its rate as a ratio of the OIDC one.
+    assert_eq!(doc["issue_token_mtls"]["errors"], 0);
+    assert!(doc["ratio_mtls_to_oidc"].as_f64().unwrap() > 0.0);
     // The paced run starts call i at i/1000 s: 300 calls cannot finish sooner than 0.299 s.
     let paced = &doc["issue_token_paced"];
     assert_eq!(paced["offered_rate"], 1000.0);
@@ -575,4 +579,147 @@ async fn agent_certificate_verbs() {
     let bad = taskpass(&dir, &["agent", "cert", "revoke", "NOT-HEX"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("lowercase hex"));
+}
+
+/// Operator credentials: 30 days by default, never more than 90, listed, revoked by name or
+/// serial (refused on the next call); a deleted admin.pem is not replaced on restart, and
+/// `taskpassd --recover-admin` makes a new admin while the broker is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_lifecycle() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let issuer = DevIssuer::start().await.unwrap();
+    let mut broker = TestBroker::start(&issuer).await.unwrap();
+    let dir = broker.data_dir().to_path_buf();
+    let out = tempfile::tempdir().unwrap();
+    let outs = out.path().to_str().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+
+    let carol = json(&taskpass(
+        &dir,
+        &[
+            "operator", "issue", "carol", "--role", "auditor", "--out", outs, "--output", "json",
+        ],
+    ));
+    let days = (carol["expires_at"].as_i64().unwrap() - now) / 86_400;
+    assert!((29..=30).contains(&days), "30 days by default, got {days}");
+    let too_long = taskpass(
+        &dir,
+        &[
+            "operator", "issue", "dave", "--role", "admin", "--days", "91", "--out", outs,
+        ],
+    );
+    assert!(!too_long.status.success(), "more than 90 days is refused");
+
+    let list = json(&taskpass(&dir, &["operator", "list", "--output", "json"]));
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["operator"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"bootstrap") && names.contains(&"carol"),
+        "{names:?}"
+    );
+
+    let as_op = |url: &str, name: &str, args: &[&str]| {
+        Command::new(workspace_bin("taskpass").unwrap())
+            .args(["--server", url, "--ca"])
+            .arg(dir.join("ca.pem"))
+            .arg("--cert")
+            .arg(out.path().join(format!("{name}.pem")))
+            .arg("--key")
+            .arg(out.path().join(format!("{name}-key.pem")))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        as_op(&broker.grpc_url, "carol", &["agent", "list"])
+            .status
+            .success()
+    );
+    // An auditor may not manage operators.
+    let denied = as_op(&broker.grpc_url, "carol", &["operator", "list"]);
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("lacks permission manage_operators"));
+    let revoked = json(&taskpass(
+        &dir,
+        &[
+            "operator",
+            "revoke",
+            "carol",
+            "--reason",
+            "left the team",
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(revoked.as_array().unwrap().len(), 1);
+    let refused = as_op(&broker.grpc_url, "carol", &["agent", "list"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("revoked"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let nobody = taskpass(&dir, &["operator", "revoke", "nobody"]);
+    assert!(!nobody.status.success());
+
+    // A deleted admin.pem is not silently replaced by a new full admin.
+    std::fs::remove_file(dir.join("admin.pem")).unwrap();
+    std::fs::remove_file(dir.join("admin-key.pem")).unwrap();
+    broker.restart().await.unwrap();
+    assert!(!dir.join("admin.pem").exists());
+    assert!(!dir.join("admin-key.pem").exists());
+    // Re-bootstrap: refused while the broker runs (its store is locked), done once stopped.
+    let config = broker.config_path();
+    let recover = |out_dir: &Path| {
+        Command::new(workspace_bin("taskpassd").unwrap())
+            .arg("--config")
+            .arg(&config)
+            .args(["--recover-admin", "rescue", "--out"])
+            .arg(out_dir)
+            .output()
+            .unwrap()
+    };
+    let busy = recover(out.path());
+    assert!(
+        !busy.status.success(),
+        "the store is in use by the running broker"
+    );
+    assert!(broker.terminate().unwrap());
+    let done = recover(out.path());
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    broker.restart().await.unwrap();
+    let list = as_op(
+        &broker.grpc_url,
+        "rescue",
+        &["operator", "list", "--output", "json"],
+    );
+    let list = json(&list);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["operator"] == "rescue" && c["role"] == "admin")
+    );
+    // The recovery is in the audit log.
+    let tail = json(&as_op(
+        &broker.grpc_url,
+        "rescue",
+        &["audit", "tail", "--output", "json"],
+    ));
+    assert!(
+        tail.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "operator.recover")
+    );
 }

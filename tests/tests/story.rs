@@ -281,6 +281,7 @@ async fn whole_story() {
     assert_eq!(
         actions,
         [
+            "operator.bootstrap",
             "agent.register",
             "start_task",
             "issue_token",
@@ -296,7 +297,7 @@ async fn whole_story() {
         .unwrap()
         .into_inner();
     assert!(v.ok);
-    assert_eq!(v.entries, 6);
+    assert_eq!(v.entries, 7);
     let (_, metrics) = https_get(&format!("{}/metrics", broker.http_url), &broker.ca_pem)
         .await
         .unwrap();

@@ -51,6 +51,11 @@ pub struct BenchArgs {
     /// broker's memory and the store's size every 10 s. 0 (the default) runs the benchmarks.
     #[arg(long, default_value_t = 0)]
     pub soak: u64,
+    /// Also measure IssueToken under mTLS attestation (an agent with a certificate from the
+    /// broker's CA, over connections that present it) in each round, and report its rate as a
+    /// ratio of the OIDC-attested rate of the same round.
+    #[arg(long)]
+    pub mtls: bool,
     /// Task cycles per second in the soak (each: StartTask, 3 IssueToken, CompleteTask or an
     /// operator's RevokeTask), spread over --concurrency workers.
     #[arg(long, default_value_t = 100.0)]
@@ -226,7 +231,11 @@ async fn open_loop(
 /// instead of one `writev` each, so the load tool takes less of the CPU it shares with the
 /// broker. tonic refuses an `https` URI with a connector of our own, so the channel is
 /// addressed `http://HOST:PORT` and does TLS itself; the broker ignores the scheme.
-async fn connect(url: &str, ca_pem: &str) -> anyhow::Result<Channel> {
+async fn connect(
+    url: &str,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> anyhow::Result<Channel> {
     use rustls_pki_types::pem::PemObject;
     let uri: http::Uri = url.parse().context("the broker URL")?;
     let host = uri.host().context("the broker URL has no host")?.to_owned();
@@ -235,12 +244,19 @@ async fn connect(url: &str, ca_pem: &str) -> anyhow::Result<Channel> {
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert?)?;
     }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let mut tls = match identity {
+        Some((cert, key)) => tls.with_client_auth_cert(
+            rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()?,
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())?,
+        )?,
+        None => tls.with_no_client_auth(),
+    };
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let tls = tokio_rustls::TlsConnector::from(Arc::new(tls));
     let name = rustls_pki_types::ServerName::try_from(host.clone())?;
@@ -378,7 +394,7 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
     };
     let mut channels = Vec::new();
     for _ in 0..args.connections {
-        channels.push(connect(&broker.grpc_url, &broker.ca_pem).await?);
+        channels.push(connect(&broker.grpc_url, &broker.ca_pem, None).await?);
     }
     let task = pb::agent_service_client::AgentServiceClient::new(channels[0].clone())
         .start_task(pb::StartTaskRequest {
@@ -393,6 +409,12 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
         .into_inner()
         .task
         .context("no task")?;
+
+    let mtls = if args.mtls {
+        Some(mtls_setup(&mut admin, &broker, args.connections).await?)
+    } else {
+        None
+    };
 
     let n = args.requests;
     let eprint = |s: &str| {
@@ -423,6 +445,7 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
         }
     };
     let mut rounds = Vec::new();
+    let mut mtls_rounds: Vec<Run> = Vec::new();
     for round in 1..=args.rounds.max(1) {
         if args.rounds > 1 {
             eprint(&format!("round {round} of {}", args.rounds));
@@ -439,6 +462,15 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
 
         eprint(&format!("IssueToken: {n} calls…"));
         let issue = drive(&channels, &args, pid, (n, Load::Closed), issue_call.clone()).await;
+        if let Some((mtls_channels, call)) = &mtls {
+            eprint(&format!("IssueToken under mTLS attestation: {n} calls…"));
+            let call = call.clone();
+            let m = drive(mtls_channels, &args, pid, (n, Load::Closed), move |ch| {
+                call(ch)
+            })
+            .await;
+            mtls_rounds.push(m);
+        }
         rounds.push((echo, issue));
     }
     let paced = if args.rate > 0.0 {
@@ -460,10 +492,13 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
         None
     };
     let errors: u64 = rounds.iter().map(|(e, i)| e.errors + i.errors).sum::<u64>()
-        + paced.as_ref().map_or(0, |p| p.errors);
+        + paced.as_ref().map_or(0, |p| p.errors)
+        + mtls_rounds.iter().map(|m| m.errors).sum::<u64>();
     let mut by_p99: Vec<usize> = (0..rounds.len()).collect();
     by_p99.sort_by(|a, b| rounds[*a].1.p99_ms.total_cmp(&rounds[*b].1.p99_ms));
-    let (echo, issue) = &rounds[by_p99[by_p99.len() / 2]];
+    let median = by_p99[by_p99.len() / 2];
+    let (echo, issue) = &rounds[median];
+    let mtls_run = mtls_rounds.get(median);
 
     eprint("raw Ed25519 JWT signing, one core…");
     let sign = tokio::task::spawn_blocking({
@@ -516,6 +551,8 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
             v
         }),
         "ratio_issue_to_raw_sign": issue.rate / sign,
+        "issue_token_mtls": mtls_run.map(run_json),
+        "ratio_mtls_to_oidc": mtls_run.map(|m| m.rate / issue.rate),
         "broker_peak_rss_mb": peak_rss_kb / 1024, "broker_rss_mb": rss_kb / 1024,
         "store_mb": store_bytes / (1 << 20),
         "store_commits": commits, "commands_per_commit": per_commit, "commit_ms_mean": commit_ms,
@@ -548,6 +585,13 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
                     run_line(&format!("  at {:.0}/s", args.rate), "tokens/s", p)
                 );
             }
+            if let Some(m) = mtls_run {
+                println!("{}", run_line("IssueToken mTLS", "tokens/s", m));
+                println!(
+                    "  ratio IssueToken mTLS / OIDC {:.3} (same round)",
+                    m.rate / issue.rate
+                );
+            }
             println!("{}", run_line("echo (health)", "RPC/s", echo));
             println!("  raw EdDSA sign   {sign:>9.0} JWT/s per core");
             println!(
@@ -569,4 +613,78 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
     ensure!(recorded > 0, "no token was recorded");
     ensure!(errors == 0, "{errors} calls failed");
     Ok(())
+}
+
+/// An agent that attests with a certificate from the broker's CA, its channels (each
+/// presenting the certificate) and its IssueToken call.
+async fn mtls_setup(
+    admin: &mut pb::admin_service_client::AdminServiceClient<Channel>,
+    broker: &TestBroker,
+    connections: usize,
+) -> anyhow::Result<(Vec<Channel>, Call)> {
+    let name = "bench-mtls";
+    admin
+        .register_agent(pb::RegisterAgentRequest {
+            agent: Some(pb::Agent {
+                name: name.into(),
+                owner: "bench".into(),
+                purpose: "load test over mTLS".into(),
+                x509: vec![format!("spiffe://example.org/agent/{name}")],
+                audiences: vec!["https://api.example".into()],
+                scopes: vec!["read".into(), "write".into()],
+                ..Default::default()
+            }),
+        })
+        .await?;
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)?
+        .pem()?;
+    let cert = admin
+        .issue_agent_certificate(pb::IssueAgentCertificateRequest {
+            name: name.into(),
+            csr_pem: csr,
+            hours: 24,
+        })
+        .await?
+        .into_inner()
+        .certificate_pem;
+    let key = key.serialize_pem();
+    let mut channels = Vec::new();
+    for _ in 0..connections {
+        channels.push(connect(&broker.grpc_url, &broker.ca_pem, Some((&cert, &key))).await?);
+    }
+    let att = pb::Attestation {
+        method: Some(pb::attestation::Method::Mtls(pb::MtlsAttestation {})),
+    };
+    let task = pb::agent_service_client::AgentServiceClient::new(channels[0].clone())
+        .start_task(pb::StartTaskRequest {
+            attestation: Some(att.clone()),
+            purpose: "bench over mTLS".into(),
+            audiences: vec!["https://api.example".into()],
+            scopes: vec!["read".into()],
+            max_duration_seconds: 86400,
+            subject_token: String::new(),
+        })
+        .await?
+        .into_inner()
+        .task
+        .context("no task")?;
+    let task_id = task.task_id;
+    let call: Call = Arc::new(move |ch: Channel| {
+        let req = pb::IssueTokenRequest {
+            attestation: Some(att.clone()),
+            task_id: task_id.clone(),
+            audience: "https://api.example".into(),
+            scopes: vec![],
+            ttl_seconds: 300,
+        };
+        Box::pin(async move {
+            pb::agent_service_client::AgentServiceClient::new(ch)
+                .issue_token(req)
+                .await
+                .is_ok()
+        })
+    });
+    Ok((channels, call))
 }

@@ -307,7 +307,8 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Demo | Command::Bench(_) | Command::Operator(_) => unreachable_command()?,
+        Command::Operator(cmd) => operator(g, &mut admin, cmd).await?,
+        Command::Demo | Command::Bench(_) => unreachable_command()?,
     }
     Ok(())
 }
@@ -445,49 +446,97 @@ async fn cert(
     Ok(())
 }
 
-pub fn operator(g: &Global, cmd: OperatorCmd) -> anyhow::Result<()> {
-    let OperatorCmd::Issue {
-        name,
-        role,
-        days,
-        out,
-    } = cmd;
-    let role = taskpass_core::Role::parse(&role)
-        .with_context(|| format!("--role {role:?}: use admin, approver or auditor"))?;
-    taskpass_core::AgentName::parse(&name).map_err(|e| anyhow::anyhow!("operator name: {e}"))?;
-    let dir = g
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| std::path::PathBuf::from("taskpass-data"));
-    let endpoint = std::fs::read_to_string(dir.join("broker.json")).with_context(|| {
-        format!(
-            "cannot read {}/broker.json: has a broker run there?",
-            dir.display()
-        )
-    })?;
-    let doc: serde_json::Value =
-        serde_json::from_str(&endpoint).context("broker.json is not valid JSON")?;
-    let td = taskpass_core::TrustDomain::parse(doc["trust_domain"].as_str().unwrap_or_default())
-        .map_err(|e| anyhow::anyhow!("broker.json trust_domain: {e}"))?;
-    let issuer = taskpass_server::load_issuer(&dir)?;
-    let (cert, key) =
-        taskpass_server::issue_operator(&issuer, &td, role, &name, i64::from(days.clamp(1, 3650)))?;
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let cert_path = out.join(format!("{name}.pem"));
-    let key_path = out.join(format!("{name}-key.pem"));
-    taskpass_server::write_file(&key_path, key.as_bytes(), false)?;
-    taskpass_server::write_file(&cert_path, cert.as_bytes(), true)?;
-    let id = taskpass_server::operator_uri(&td, role, &name);
-    emit(
-        g,
-        json!({"operator": id, "role": role.as_str(), "cert": cert_path, "key": key_path}),
-        || {
-            format!(
-                "issued {id}\n  cert {}\n  key  {} (0600)",
-                cert_path.display(),
-                key_path.display()
-            )
-        },
-    );
+async fn operator(
+    g: &Global,
+    admin: &mut pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+    cmd: OperatorCmd,
+) -> anyhow::Result<()> {
+    match cmd {
+        OperatorCmd::Issue {
+            name,
+            role,
+            days,
+            out,
+        } => {
+            let key = rcgen::KeyPair::generate().context("generating a key")?;
+            let csr = rcgen::CertificateParams::default()
+                .serialize_request(&key)
+                .context("making the CSR")?
+                .pem()
+                .context("encoding the CSR")?;
+            let r = admin
+                .issue_operator_certificate(pb::IssueOperatorCertificateRequest {
+                    name: name.clone(),
+                    role,
+                    csr_pem: csr,
+                    days,
+                })
+                .await?
+                .into_inner();
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let cert_path = out.join(format!("{name}.pem"));
+            let key_path = out.join(format!("{name}-key.pem"));
+            taskpass_server::write_file(&key_path, key.serialize_pem().as_bytes(), false)?;
+            taskpass_server::write_file(&cert_path, r.certificate_pem.as_bytes(), true)?;
+            emit(
+                g,
+                json!({"operator": r.operator_id, "serial": r.serial, "expires_at": r.expires_at,
+                       "cert": cert_path, "key": key_path}),
+                || {
+                    format!(
+                        "issued {} serial {} until {}\n  cert {}\n  key  {} (0600)",
+                        out::safe(&r.operator_id),
+                        out::safe(&r.serial),
+                        r.expires_at,
+                        cert_path.display(),
+                        key_path.display()
+                    )
+                },
+            );
+        }
+        OperatorCmd::List => {
+            let certs = admin
+                .list_operators(pb::ListOperatorsRequest { limit: 0 })
+                .await?
+                .into_inner()
+                .certificates;
+            emit(
+                g,
+                json!(certs.iter().map(out::certificate).collect::<Vec<_>>()),
+                || {
+                    certs
+                        .iter()
+                        .map(out::certificate_line)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
+        }
+        OperatorCmd::Revoke {
+            serial_or_name,
+            reason,
+        } => {
+            let revoked = admin
+                .revoke_operator(pb::RevokeOperatorRequest {
+                    serial_or_name,
+                    reason,
+                })
+                .await?
+                .into_inner()
+                .revoked;
+            emit(
+                g,
+                json!(revoked.iter().map(out::certificate).collect::<Vec<_>>()),
+                || {
+                    revoked
+                        .iter()
+                        .map(|c| format!("revoked {}", out::certificate_line(c)))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
+        }
+    }
     Ok(())
 }

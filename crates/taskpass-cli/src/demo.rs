@@ -304,6 +304,106 @@ ca_file = "{}"
         json!({"inactive_reason": intro.inactive_reason}),
     );
 
+    // The second path: an agent with no platform OIDC token attests with a certificate.
+    let name = "nightly-reporter";
+    let reporter = admin
+        .register_agent(pb::RegisterAgentRequest {
+            agent: Some(pb::Agent {
+                name: name.into(),
+                owner: "data-platform@example.com".into(),
+                purpose: "nightly ticket statistics".into(),
+                x509: vec![format!("spiffe://dev.local/agent/{name}")],
+                audiences: vec![AUDIENCE.into()],
+                scopes: vec!["tickets:read".into()],
+                max_ttl_seconds: 300,
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .agent
+        .context("no agent in the answer")?;
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)?
+        .pem()?;
+    let cert = admin
+        .issue_agent_certificate(pb::IssueAgentCertificateRequest {
+            name: name.into(),
+            csr_pem: csr,
+            hours: 1,
+        })
+        .await?
+        .into_inner();
+    let mut mtls_agent = pb::agent_service_client::AgentServiceClient::new(
+        taskpass_proto::connect(
+            &grpc_url,
+            &ca,
+            Some((&cert.certificate_pem, &key.serialize_pem())),
+        )
+        .await?,
+    );
+    let mtls = || {
+        Some(pb::Attestation {
+            method: Some(pb::attestation::Method::Mtls(pb::MtlsAttestation {})),
+        })
+    };
+    let night = mtls_agent
+        .start_task(pb::StartTaskRequest {
+            attestation: mtls(),
+            purpose: "count last night's tickets".into(),
+            audiences: vec![AUDIENCE.into()],
+            scopes: vec!["tickets:read".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .task
+        .context("no task in the answer")?;
+    let bound = mtls_agent
+        .issue_token(pb::IssueTokenRequest {
+            attestation: mtls(),
+            task_id: night.task_id.clone(),
+            audience: AUDIENCE.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let leaf_der = {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::from_pem_slice(cert.certificate_pem.as_bytes())?.to_vec()
+    };
+    let held = verifier.verify_held(
+        &bound.access_token,
+        AUDIENCE,
+        taskpass_verify::Holder::Certificate(&leaf_der),
+    )?;
+    let thumbprint = match &held.claims.cnf {
+        Some(taskpass_core::Confirmation::Certificate(t)) => t.clone(),
+        other => bail!("a token under mTLS attestation should be certificate-bound, got {other:?}"),
+    };
+    let stolen = match verifier.verify(&bound.access_token, AUDIENCE) {
+        Err(e) => e.reason(),
+        Ok(_) => bail!("a bound token presented without its certificate was accepted"),
+    };
+    mtls_agent
+        .complete_task(pb::CompleteTaskRequest {
+            attestation: mtls(),
+            task_id: night.task_id.clone(),
+        })
+        .await?;
+    story.step(
+        "A second agent has no OIDC token: it attests with a client certificate, and its tokens are bound to it",
+        &[
+            format!("{} proved by certificate {}", reporter.agent_id, cert.spiffe_id),
+            format!("certificate serial {} from the broker CA (only a CSR left the agent)", cert.serial),
+            format!("token cnf x5t#S256 = {thumbprint} (RFC 8705)"),
+            "taskpass-verify with the agent's certificate: valid".into(),
+            format!("the same token without the certificate: refused ({stolen})"),
+        ],
+        json!({"agent_id": reporter.agent_id, "serial": cert.serial, "cnf_x5t_s256": thumbprint}),
+    );
+
     let tail = admin
         .tail_audit(pb::TailAuditRequest { limit: 20 })
         .await?

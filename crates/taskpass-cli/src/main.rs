@@ -256,19 +256,29 @@ pub enum TokenCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum OperatorCmd {
-    /// Issue a client certificate for an operator with a role (admin, approver, auditor).
+    /// Issue a client certificate for an operator with a role (admin, approver, auditor). The
+    /// key is made here; only a CSR goes to the broker, which records the certificate.
     Issue {
         /// Lowercase letters, digits and '-'.
         name: String,
         /// admin, approver or auditor.
         #[arg(long)]
         role: String,
-        /// Validity in days.
-        #[arg(long, default_value_t = 90)]
+        /// Validity in days (at most 90).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=90))]
         days: u32,
         /// Where to write NAME.pem and NAME-key.pem (0600).
         #[arg(long, default_value = ".")]
         out: PathBuf,
+    },
+    /// List operators' certificates.
+    List,
+    /// Revoke an operator certificate by serial, or every certificate of an operator by name:
+    /// refused from the next call on.
+    Revoke {
+        serial_or_name: String,
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 
@@ -313,7 +323,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo => demo::run(cli.global.output).await,
         Command::Bench(args) => bench::run(args, cli.global.output).await,
-        Command::Operator(cmd) => commands::operator(&cli.global, cmd),
         cmd => commands::run(&cli.global, cmd).await,
     }
 }

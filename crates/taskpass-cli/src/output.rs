@@ -89,6 +89,7 @@ pub fn certificate(c: &pb::CertificateInfo) -> Value {
         "serial": c.serial, "spiffe_id": c.spiffe_id, "agent_id": c.agent_id,
         "issued_at": c.issued_at, "expires_at": c.expires_at, "revoked": c.revoked,
         "revoked_at": c.revoked_at, "revoke_reason": c.revoke_reason, "thumbprint": c.thumbprint,
+        "operator": c.operator, "role": c.role,
     })
 }
 

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{AgentId, SpiffeId};
+use crate::operator::Role;
 
 /// Who a certificate was issued to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,15 +16,28 @@ pub enum CertificateHolder {
         /// The agent's id.
         agent: AgentId,
     },
+    /// An operator.
+    Operator {
+        /// Its name (the last segment of its SPIFFE id).
+        name: String,
+        /// Its role.
+        role: Role,
+    },
 }
 
 impl CertificateHolder {
-    /// The holder as one string, for indexes: the agent id.
-    pub fn key(&self) -> &str {
+    /// The holder as one string, for indexes: the agent id, or `operator:<name>`.
+    pub fn key(&self) -> String {
         match self {
-            Self::Agent { agent } => agent.as_str(),
+            Self::Agent { agent } => agent.as_str().to_owned(),
+            Self::Operator { name, .. } => operator_holder_key(name),
         }
     }
+}
+
+/// The index key of an operator's certificates.
+pub fn operator_holder_key(name: &str) -> String {
+    format!("operator:{name}")
 }
 
 /// One issued certificate (never its key: the holder made that).

@@ -28,7 +28,9 @@ mod token;
 
 pub use agent::{Agent, AgentState, AllowList, Binding};
 pub use audit::{AuditEntry, AuditOutcome, ChainProblem, GENESIS_HASH, verify_chain};
-pub use certificate::{CertificateHolder, CertificateRecord, is_canonical_serial};
+pub use certificate::{
+    CertificateHolder, CertificateRecord, is_canonical_serial, operator_holder_key,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ParseError;
 pub use ids::{AgentId, AgentName, SpiffeId, TaskId, TokenId, TrustDomain};

@@ -64,6 +64,8 @@ pub enum Permission {
     ReadAudit,
     /// Approve or deny pending requests.
     Approve,
+    /// Issue, list and revoke operators' certificates.
+    ManageOperators,
 }
 
 impl Permission {
@@ -78,6 +80,7 @@ impl Permission {
             Self::Revoke => "revoke",
             Self::ReadAudit => "read_audit",
             Self::Approve => "approve",
+            Self::ManageOperators => "manage_operators",
         }
     }
 }

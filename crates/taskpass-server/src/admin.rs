@@ -1,12 +1,9 @@
 //! The operators' API: every call authenticated by an operator client certificate issued by
 //! the broker's CA and checked against one named permission of the operator's role.
 
-use std::sync::Arc;
-
-use rustls_pki_types::CertificateDer;
 use taskpass_core::{
     Agent, AgentName, AgentState, AllowList, Audience, AuditEntry, AuditOutcome, Binding, Operator,
-    Permission, Role, ScopeSet, SpiffeId, TaskId, TaskState, TokenId, TokenRecord,
+    Permission, ScopeSet, SpiffeId, TaskId, TaskState, TokenId, TokenRecord,
 };
 use taskpass_proto::v1 as pb;
 use taskpass_store::{ChangeAgentState, EndTask};
@@ -16,41 +13,6 @@ use crate::error::ApiError;
 
 const MAX_TEXT: usize = 1024;
 const MAX_BINDINGS: usize = 16;
-
-/// Finds the operator identity in a verified client certificate chain.
-pub fn operator_from_certs(
-    broker: &Broker,
-    certs: Option<&Arc<Vec<CertificateDer<'static>>>>,
-) -> Result<Operator, ApiError> {
-    let chain = match certs {
-        Some(c) if !c.is_empty() => c.as_slice(),
-        _ => {
-            return Err(ApiError::Unauthenticated(
-                "the admin API needs an operator client certificate: pass --cert and --key (or --data-dir)".into(),
-            ));
-        }
-    };
-    // The broker's own CA, never an external one: a CA trusted for agents (a SPIRE server's,
-    // say) must not be able to mint an operator.
-    let id = broker
-        .operator_certs
-        .verify(chain, broker.now())
-        .map_err(|e| ApiError::Unauthenticated(format!("operator {e}")))?;
-    if let Some(rest) = id.spiffe_id.path().strip_prefix("/operator/")
-        && let Some((role, name)) = rest.split_once('/')
-        && let Some(role) = Role::parse(role)
-        && AgentName::parse(name).is_ok()
-    {
-        return Ok(Operator {
-            id: id.spiffe_id.to_string(),
-            role,
-        });
-    }
-    Err(ApiError::Unauthenticated(format!(
-        "client certificate names no operator of trust domain {}",
-        broker.trust_domain
-    )))
-}
 
 fn require(op: &Operator, p: Permission) -> Result<(), ApiError> {
     if op.role.permits(p) {

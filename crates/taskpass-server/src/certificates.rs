@@ -32,7 +32,7 @@ impl RevokedSerials {
             .contains(serial)
     }
 
-    fn insert(&self, serial: String) {
+    pub(crate) fn insert(&self, serial: String) {
         self.0
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -44,7 +44,18 @@ pub(crate) fn cert_to_pb(c: &CertificateRecord) -> pb::CertificateInfo {
     pb::CertificateInfo {
         serial: c.serial.clone(),
         spiffe_id: c.subject.to_string(),
-        agent_id: c.holder.key().to_owned(),
+        agent_id: match &c.holder {
+            CertificateHolder::Agent { agent } => agent.to_string(),
+            _ => String::new(),
+        },
+        operator: match &c.holder {
+            CertificateHolder::Operator { name, .. } => name.clone(),
+            _ => String::new(),
+        },
+        role: match &c.holder {
+            CertificateHolder::Operator { role, .. } => role.as_str().to_owned(),
+            _ => String::new(),
+        },
         issued_at: c.issued_at,
         expires_at: c.not_after,
         revoked: c.revoked_at.is_some(),
@@ -104,7 +115,7 @@ impl Broker {
         let record = self
             .store
             .record_certificate(IssueCertificate {
-                agent: name.clone(),
+                agent: Some(name.clone()),
                 record,
                 audit: a,
             })
@@ -222,8 +233,10 @@ impl Broker {
         let mut a = AuditEntry::draft(now, &op.id, "certificate.revoke");
         a.reason = reason.clone();
         a.detail = format!("serial={}", req.serial);
-        if let Some(c) = self.store.certificate(&req.serial).await? {
-            a.agent_id = c.holder.key().to_owned();
+        if let Some(c) = self.store.certificate(&req.serial).await?
+            && let CertificateHolder::Agent { agent } = &c.holder
+        {
+            a.agent_id = agent.to_string();
         }
         let why = if reason.is_empty() {
             "certificate_revoked".to_owned()

@@ -170,6 +170,8 @@ pub struct ConnState {
     >,
     /// Set once the broker found that certificate in its records (broker-issued ones).
     pub agent_certificate_recorded: std::sync::OnceLock<()>,
+    /// Set once the broker found the operator's certificate in its records.
+    pub operator_certificate_recorded: std::sync::OnceLock<()>,
 }
 
 impl ConnState {
@@ -181,6 +183,7 @@ impl ConnState {
             watches: AtomicUsize::new(0),
             agent_certificate: std::sync::OnceLock::new(),
             agent_certificate_recorded: std::sync::OnceLock::new(),
+            operator_certificate_recorded: std::sync::OnceLock::new(),
         })
     }
 

@@ -13,7 +13,6 @@ use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
-use crate::admin::operator_from_certs;
 use crate::broker::{Broker, Caller};
 use crate::error::ApiError;
 
@@ -80,8 +79,8 @@ impl Services {
         }
     }
 
-    fn operator<T>(&self, req: &Request<T>) -> Result<taskpass_core::Operator, ApiError> {
-        operator_from_certs(&self.broker, req.peer_certs().as_ref())
+    async fn operator<T>(&self, req: &Request<T>) -> Result<taskpass_core::Operator, ApiError> {
+        self.broker.operator(&Self::caller(req)).await
     }
 }
 
@@ -333,7 +332,7 @@ impl pb::admin_service_server::AdminService for Services {
         req: Request<pb::RegisterAgentRequest>,
     ) -> Result<Response<pb::RegisterAgentResponse>, Status> {
         self.run("RegisterAgent", async {
-            let op = self.operator(&req)?;
+            let op = self.operator(&req).await?;
             let agent = self.broker.register_agent(&op, req.into_inner()).await?;
             Ok(pb::RegisterAgentResponse { agent: Some(agent) })
         })
@@ -345,7 +344,7 @@ impl pb::admin_service_server::AdminService for Services {
         req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         self.run("ListAgents", async {
-            let op = self.operator(&req)?;
+            let op = self.operator(&req).await?;
             Ok(pb::ListAgentsResponse {
                 agents: self.broker.list_agents(&op).await?,
             })
@@ -358,7 +357,7 @@ impl pb::admin_service_server::AdminService for Services {
         req: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
         self.run("GetAgent", async {
-            let op = self.operator(&req)?;
+            let op = self.operator(&req).await?;
             Ok(pb::GetAgentResponse {
                 agent: Some(self.broker.get_agent(&op, &req.get_ref().name).await?),
             })
@@ -371,7 +370,7 @@ impl pb::admin_service_server::AdminService for Services {
         req: Request<pb::SetAgentStateRequest>,
     ) -> Result<Response<pb::SetAgentStateResponse>, Status> {
         self.run("SetAgentState", async {
-            let op = self.operator(&req)?;
+            let op = self.operator(&req).await?;
             self.broker.set_agent_state(&op, req.into_inner()).await
         })
         .await
@@ -382,7 +381,7 @@ impl pb::admin_service_server::AdminService for Services {
         req: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         self.run("ListTasks", async {
-            let op = self.operator(&req)?;
+            let op = self.operator(&req).await?;
             Ok(pb::ListTasksResponse {
                 tasks: self.broker.list_tasks(&op, req.into_inner()).await?,
             })
@@ -395,7 +394,7 @@ impl pb::admin_service_server::AdminService for Services {
         req: Request<pb::RevokeTaskRequest>,
     ) -> Result<Response<pb::RevokeTaskResponse>, Status> {
         self.run("RevokeTask", async {
-            let op = self.operator(&req)?;
+            let op = self.operator(&req).await?;
             self.broker.revoke_task(&op, req.into_inner()).await
         })
         .await
@@ -406,7 +405,7 @@ impl pb::admin_service_server::AdminService for Services {
         req: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         self.run("ListTokens", async {
-            let op = self.operator(&req)?;
+            let op = self.operator(&req).await?;
             Ok(pb::ListTokensResponse {
                 tokens: self.broker.list_tokens(&op, req.into_inner()).await?,
             })
@@ -419,7 +418,7 @@ impl pb::admin_service_server::AdminService for Services {
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         self.run("RevokeToken", async {
-            let op = self.operator(&req)?;
+            let op = self.operator(&req).await?;
             Ok(pb::RevokeTokenResponse {
                 token: Some(self.broker.revoke_token(&op, req.into_inner()).await?),
             })
@@ -432,9 +431,48 @@ impl pb::admin_service_server::AdminService for Services {
         req: Request<pb::UpdateAgentRequest>,
     ) -> Result<Response<pb::UpdateAgentResponse>, Status> {
         self.run("UpdateAgent", async {
-            let op = self.operator(&req)?;
+            let op = self.operator(&req).await?;
             Ok(pb::UpdateAgentResponse {
                 agent: Some(self.broker.update_agent(&op, req.into_inner()).await?),
+            })
+        })
+        .await
+    }
+
+    async fn issue_operator_certificate(
+        &self,
+        req: Request<pb::IssueOperatorCertificateRequest>,
+    ) -> Result<Response<pb::IssueOperatorCertificateResponse>, Status> {
+        self.run("IssueOperatorCertificate", async {
+            let op = self.operator(&req).await?;
+            self.broker
+                .issue_operator_certificate(&op, req.into_inner())
+                .await
+        })
+        .await
+    }
+
+    async fn list_operators(
+        &self,
+        req: Request<pb::ListOperatorsRequest>,
+    ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
+        self.run("ListOperators", async {
+            let op = self.operator(&req).await?;
+            Ok(pb::ListOperatorsResponse {
+                certificates: self.broker.list_operators(&op, req.into_inner()).await?,
+            })
+        })
+        .await
+    }
+
+    async fn revoke_operator(
+        &self,
+        req: Request<pb::RevokeOperatorRequest>,
+    ) -> Result<Response<pb::RevokeOperatorResponse>, Status> {
+        self.run("RevokeOperator", async {
+            let op = self.operator(&req).await?;
+            Ok(pb::RevokeOperatorResponse {
+                revoked: self.broker.revoke_operator(&op, req.into_inner()).await?,
             })
         })
         .await
@@ -445,7 +483,7 @@ impl pb::admin_service_server::AdminService for Services {
         req: Request<pb::IssueAgentCertificateRequest>,
     ) -> Result<Response<pb::IssueAgentCertificateResponse>, Status> {
         self.run("IssueAgentCertificate", async {
-            let op = self.operator(&req)?;
+            let op = self.operator(&req).await?;
             self.broker
                 .issue_agent_certificate(&op, req.into_inner())
                 .await
@@ -458,7 +496,7 @@ impl pb::admin_service_server::AdminService for Services {
         req: Request<pb::ListCertificatesRequest>,
     ) -> Result<Response<pb::ListCertificatesResponse>, Status> {
         self.run("ListCertificates", async {
-            let op = self.operator(&req)?;
+            let op = self.operator(&req).await?;
             Ok(pb::ListCertificatesResponse {
                 certificates: self.broker.list_certificates(&op, req.into_inner()).await?,
             })
@@ -471,7 +509,7 @@ impl pb::admin_service_server::AdminService for Services {
         req: Request<pb::RevokeCertificateRequest>,
     ) -> Result<Response<pb::RevokeCertificateResponse>, Status> {
         self.run("RevokeCertificate", async {
-            let op = self.operator(&req)?;
+            let op = self.operator(&req).await?;
             self.broker.revoke_certificate(&op, req.into_inner()).await
         })
         .await
@@ -482,7 +520,7 @@ impl pb::admin_service_server::AdminService for Services {
         req: Request<pb::TailAuditRequest>,
     ) -> Result<Response<pb::TailAuditResponse>, Status> {
         self.run("TailAudit", async {
-            let op = self.operator(&req)?;
+            let op = self.operator(&req).await?;
             Ok(pb::TailAuditResponse {
                 entries: self.broker.tail_audit(&op, req.into_inner()).await?,
             })
@@ -495,7 +533,7 @@ impl pb::admin_service_server::AdminService for Services {
         req: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
         self.run("VerifyAudit", async {
-            let op = self.operator(&req)?;
+            let op = self.operator(&req).await?;
             self.broker.verify_audit(&op).await
         })
         .await

@@ -22,6 +22,7 @@ mod grpc;
 mod http;
 mod keys;
 mod metrics;
+mod operators;
 mod pki;
 mod ratelimit;
 mod refusals;
@@ -35,6 +36,7 @@ pub use config::{
 };
 pub use error::ApiError;
 pub use keys::{KeyRing, MAX_TOKEN_BYTES};
+pub use operators::recover_admin;
 pub use pki::{
     BrokerPki, IssuedCertificate, PkiError, files, issue_from_csr, issue_operator, load_issuer,
     operator_uri, write_file,

@@ -24,6 +24,13 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    /// With the broker stopped: issue and record a new admin credential NAME from the data
+    /// dir's CA (when every admin credential is lost), write it to --out, and exit.
+    #[arg(long, value_name = "NAME", requires = "out")]
+    recover_admin: Option<String>,
+    /// Where --recover-admin writes NAME.pem and NAME-key.pem (0600).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +60,14 @@ fn run() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let (Some(name), Some(out)) = (&args.recover_admin, &args.out) {
+        let cert = runtime.block_on(taskpass_server::recover_admin(&config, name, out))?;
+        println!(
+            "issued admin credential {name}: {} (key beside it, 0600); it is recorded and audited",
+            cert.display()
+        );
+        return Ok(());
+    }
     runtime.block_on(async move {
         let broker = taskpass_server::launch(config).await?;
         broker.run_until(shutdown_signal()).await;

@@ -70,6 +70,8 @@ pub struct BrokerPki {
     pub server_key_pem: String,
     /// Issues the next server certificate.
     pub server: ServerCertIssuer,
+    /// The first operator credential, when this start created the CA (to be recorded).
+    pub first_admin: Option<IssuedCertificate>,
 }
 
 impl std::fmt::Debug for BrokerPki {
@@ -79,6 +81,7 @@ impl std::fmt::Debug for BrokerPki {
             .field("server_chain_pem", &self.server_chain_pem)
             .field("server_key_pem", &"<redacted>")
             .field("server", &self.server)
+            .field("first_admin", &self.first_admin.as_ref().map(|c| &c.serial))
             .finish()
     }
 }
@@ -169,6 +172,7 @@ pub fn bootstrap(
     ensure_data_dir(dir)?;
     let ca_path = dir.join(files::CA);
     let ca_key_path = dir.join(files::CA_KEY);
+    let mut new_ca = false;
     let (ca_pem, ca_key) = match (read(&ca_path)?, read(&ca_key_path)?) {
         (Some(pem), Some(key)) => (
             pem,
@@ -182,6 +186,7 @@ pub fn bootstrap(
             write_file(&ca_key_path, key.serialize_pem().as_bytes(), false)?;
             write_file(&ca_path, cert.pem().as_bytes(), true)?;
             tracing::info!(path = %ca_path.display(), "created the broker CA");
+            new_ca = true;
             (cert.pem(), key)
         }
         _ => {
@@ -202,11 +207,26 @@ pub fn bootstrap(
 
     let admin_path = dir.join(files::ADMIN);
     let admin_key_path = dir.join(files::ADMIN_KEY);
-    if read(&admin_path)?.is_none() {
-        let (cert, key) = issue_operator(&issuer, trust_domain, Role::Admin, "bootstrap", 365)?;
+    // The first operator credential comes with a new CA, and only then: a deleted admin.pem
+    // is not silently replaced by a new full admin (see `taskpassd --recover-admin`).
+    let mut first_admin = None;
+    if new_ca {
+        let (cert, key) = issue_operator(
+            &issuer,
+            trust_domain,
+            Role::Admin,
+            "bootstrap",
+            MAX_OPERATOR_DAYS,
+        )?;
         write_file(&admin_key_path, key.as_bytes(), false)?;
-        write_file(&admin_path, cert.as_bytes(), true)?;
+        write_file(&admin_path, cert.pem.as_bytes(), true)?;
         tracing::info!(path = %admin_path.display(), "created the first operator credential");
+        first_admin = Some(cert);
+    } else if read(&admin_path)?.is_none() {
+        tracing::info!(
+            "no {} in the data dir: operators use their own credentials (lost them all? stop the broker and run taskpassd --recover-admin NAME)",
+            files::ADMIN
+        );
     }
 
     let mut sans = vec![SanType::DnsName(
@@ -245,8 +265,14 @@ pub fn bootstrap(
         server_chain_pem,
         server_key_pem,
         server,
+        first_admin,
     })
 }
+
+/// Operator certificates' default lifetime, days.
+pub const DEFAULT_OPERATOR_DAYS: u32 = 30;
+/// The longest operator certificate, days.
+pub const MAX_OPERATOR_DAYS: u32 = 90;
 
 /// Issues the broker's server certificates from its CA: one at start, then again before the
 /// current one nears its end, without a restart. The CA key is read from the data dir for each
@@ -313,36 +339,32 @@ pub fn operator_uri(trust_domain: &TrustDomain, role: Role, name: &str) -> Strin
     format!("spiffe://{trust_domain}/operator/{}/{name}", role.as_str())
 }
 
-/// Issues an operator client certificate; returns (certificate PEM, key PEM).
+/// Issues an operator client certificate to a key made here; returns it and the key PEM.
 pub fn issue_operator(
     issuer: &Issuer<'_, KeyPair>,
     trust_domain: &TrustDomain,
     role: Role,
     name: &str,
-    days: i64,
-) -> Result<(String, String), PkiError> {
+    days: u32,
+) -> Result<(IssuedCertificate, String), PkiError> {
     let key = KeyPair::generate().map_err(cert_err("operator key"))?;
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(
-        DnType::CommonName,
-        format!("taskpass {} {name}", role.as_str()),
-    );
-    p.distinguished_name = dn;
-    p.subject_alt_names = vec![SanType::URI(
-        operator_uri(trust_domain, role, name)
-            .try_into()
-            .map_err(cert_err("operator SAN"))?,
-    )];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let now = time::OffsetDateTime::now_utc();
-    p.not_before = now - time::Duration::hours(1);
-    p.not_after = now + time::Duration::days(days);
-    let cert = p
-        .signed_by(&key, issuer)
-        .map_err(cert_err("operator certificate"))?;
-    Ok((cert.pem(), key.serialize_pem()))
+    let id = operator_id(trust_domain, role, name)?;
+    let cert = issue_client_cert(issuer, &id, &key, time::Duration::days(i64::from(days)))?;
+    Ok((cert, key.serialize_pem()))
+}
+
+/// The SPIFFE id of an operator.
+pub fn operator_id(
+    trust_domain: &TrustDomain,
+    role: Role,
+    name: &str,
+) -> Result<taskpass_core::SpiffeId, PkiError> {
+    taskpass_core::SpiffeId::parse(&operator_uri(trust_domain, role, name)).map_err(|e| {
+        PkiError::Cert {
+            what: "operator name",
+            detail: e.to_string(),
+        }
+    })
 }
 
 /// A certificate issued from a CSR.
@@ -389,6 +411,22 @@ pub fn issue_from_csr(
     {
         return Err(bad("the CSR's key must be ECDSA P-256, P-384 or Ed25519"));
     }
+    issue_client_cert(
+        issuer,
+        spiffe_id,
+        &csr.public_key,
+        time::Duration::hours(i64::from(hours)),
+    )
+}
+
+/// A client certificate for `spiffe_id` to `public_key`: one URI SAN, clientAuth, not a CA, a
+/// random 128-bit serial, valid from five minutes ago for `lifetime`.
+fn issue_client_cert(
+    issuer: &Issuer<'_, KeyPair>,
+    spiffe_id: &taskpass_core::SpiffeId,
+    public_key: &impl rcgen::PublicKeyData,
+    lifetime: time::Duration,
+) -> Result<IssuedCertificate, PkiError> {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, spiffe_id.path().trim_start_matches('/'));
@@ -403,17 +441,21 @@ pub fn issue_from_csr(
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.is_ca = IsCa::ExplicitNoCa;
     let mut serial = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial)
-        .map_err(|_| bad("no randomness for the serial"))?;
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial).map_err(
+        |_| PkiError::Cert {
+            what: "serial",
+            detail: "no randomness".into(),
+        },
+    )?;
     serial[0] &= 0x7f;
     serial[0] |= 0x40;
     p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
     let now = time::OffsetDateTime::now_utc();
     // A little before now, for clocks slightly behind the broker's.
     p.not_before = now - time::Duration::minutes(5);
-    p.not_after = now + time::Duration::hours(i64::from(hours));
+    p.not_after = now + lifetime;
     let cert = p
-        .signed_by(&csr.public_key, issuer)
+        .signed_by(public_key, issuer)
         .map_err(cert_err("client certificate"))?;
     Ok(IssuedCertificate {
         pem: cert.pem(),

@@ -172,6 +172,18 @@ pub async fn serve(
                 detail: e.to_string(),
             })??,
     );
+    if let Some(first) = &pki.first_admin {
+        crate::operators::record_operator(
+            store.as_ref(),
+            &config.trust_domain,
+            taskpass_core::Role::Admin,
+            "bootstrap",
+            first,
+            clock.now(),
+            "operator.bootstrap",
+        )
+        .await?;
+    }
     let oidc = OidcVerifier::new(
         config.oidc.clone(),
         OidcOptions {

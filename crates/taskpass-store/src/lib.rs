@@ -87,8 +87,9 @@ pub struct ChangeAgentState {
 /// A certificate the broker's CA issued, to record.
 #[derive(Debug, Clone)]
 pub struct IssueCertificate {
-    /// The agent it was issued to; it must be active.
-    pub agent: AgentName,
+    /// The agent it was issued to, which must be active (and is bound to its identity);
+    /// `None` for an operator's.
+    pub agent: Option<AgentName>,
     /// The record (its `subject` is what the certificate names).
     pub record: CertificateRecord,
     /// The audit entry to append.
@@ -193,6 +194,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn list_certificates(
         &self,
         holder: &str,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>, StoreError>;
+
+    /// Every operator's certificates, by operator name then serial.
+    async fn list_operator_certificates(
+        &self,
         limit: usize,
     ) -> Result<Vec<CertificateRecord>, StoreError>;
 

@@ -960,44 +960,46 @@ fn apply(
             Ok(Outcome::Done)
         }
         Command::RecordCertificate(c) => {
-            let mut agent: Agent = rec
-                .agent(t, c.agent.as_str())?
-                .map(|a| (*a).clone())
-                .ok_or_else(|| StoreError::NotFound {
-                    what: format!("agent {}", c.agent),
-                })?;
-            if agent.state != AgentState::Active {
-                return Err(StoreError::Precondition(format!(
-                    "agent {} is {}: certificates are issued to active agents only",
-                    c.agent,
-                    agent.state.as_str()
-                )));
-            }
             if t.certificates.get(c.record.serial.as_str())?.is_some() {
                 return Err(StoreError::AlreadyExists {
                     what: format!("certificate serial {}", c.record.serial),
                 });
             }
-            let binding = Binding::X509 {
-                spiffe_id: c.record.subject.clone(),
-            };
-            if !agent.bindings.contains(&binding) {
-                if let Some(owner) = t.bindings.get(binding.key())? {
-                    return Err(StoreError::AlreadyExists {
-                        what: format!("{binding} (bound to agent {})", owner.value()),
-                    });
+            if let Some(name) = &c.agent {
+                let mut agent: Agent = rec
+                    .agent(t, name.as_str())?
+                    .map(|a| (*a).clone())
+                    .ok_or_else(|| StoreError::NotFound {
+                        what: format!("agent {name}"),
+                    })?;
+                if agent.state != AgentState::Active {
+                    return Err(StoreError::Precondition(format!(
+                        "agent {name} is {}: certificates are issued to active agents only",
+                        agent.state.as_str()
+                    )));
                 }
-                t.bindings.insert(binding.key(), agent.name.as_str())?;
-                agent.bindings.push(binding);
-                agent.updated_at = c.record.issued_at;
-                rec.put_agent(t, agent)?;
+                let binding = Binding::X509 {
+                    spiffe_id: c.record.subject.clone(),
+                };
+                if !agent.bindings.contains(&binding) {
+                    if let Some(owner) = t.bindings.get(binding.key())? {
+                        return Err(StoreError::AlreadyExists {
+                            what: format!("{binding} (bound to agent {})", owner.value()),
+                        });
+                    }
+                    t.bindings.insert(binding.key(), agent.name.as_str())?;
+                    agent.bindings.push(binding);
+                    agent.updated_at = c.record.issued_at;
+                    rec.put_agent(t, agent)?;
+                }
             }
             t.certificates.insert(
                 c.record.serial.as_str(),
                 encode("certificate", &c.record)?.as_slice(),
             )?;
+            let holder = c.record.holder.key();
             t.certificates_by_holder
-                .insert((c.record.holder.key(), c.record.serial.as_str()), ())?;
+                .insert((holder.as_str(), c.record.serial.as_str()), ())?;
             append_audit(t, heads, c.audit.clone())?;
             Ok(Outcome::Certificate(c.record.clone()))
         }
@@ -1292,6 +1294,31 @@ impl Store for RedbStore {
             for row in txn
                 .open_table(CERTIFICATES_BY_HOLDER)?
                 .range((holder, "")..(holder, "~"))?
+            {
+                let (k, _) = row?;
+                let serial = k.value().1.to_owned();
+                if let Some(c) = get_json(&certs, "certificate", &serial)? {
+                    out.push(c);
+                }
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn list_operator_certificates(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>, StoreError> {
+        self.read(|txn| {
+            let certs = txn.open_table(CERTIFICATES)?;
+            let mut out = Vec::new();
+            // "operator;" sorts right after every "operator:<name>".
+            for row in txn
+                .open_table(CERTIFICATES_BY_HOLDER)?
+                .range(("operator:", "")..("operator;", ""))?
             {
                 let (k, _) = row?;
                 let serial = k.value().1.to_owned();

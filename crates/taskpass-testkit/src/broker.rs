@@ -124,7 +124,8 @@ ca_file = "{ca}"
         })
     }
 
-    fn config_path(&self) -> PathBuf {
+    /// The broker's configuration file.
+    pub fn config_path(&self) -> PathBuf {
         self.dir.with_file_name("taskpass.toml")
     }
 
