@@ -392,23 +392,7 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
             3600,
         ))),
     };
-    let mut channels = Vec::new();
-    for _ in 0..args.connections {
-        channels.push(connect(&broker.grpc_url, &broker.ca_pem, None).await?);
-    }
-    let task = pb::agent_service_client::AgentServiceClient::new(channels[0].clone())
-        .start_task(pb::StartTaskRequest {
-            attestation: Some(att.clone()),
-            purpose: "bench".into(),
-            audiences: vec!["https://api.example".into()],
-            scopes: vec!["read".into()],
-            max_duration_seconds: 86400,
-            subject_token: String::new(),
-        })
-        .await?
-        .into_inner()
-        .task
-        .context("no task")?;
+    let (channels, task_id) = channels_and_task(&broker, args.connections, None, &att).await?;
 
     let mtls = if args.mtls {
         Some(mtls_setup(&mut admin, &broker, args.connections).await?)
@@ -427,22 +411,8 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
         args.concurrency, args.connections
     ));
     let issue_call = {
-        let (att, task_id) = (att.clone(), task.task_id.clone());
-        move |ch: Channel| {
-            let req = pb::IssueTokenRequest {
-                attestation: Some(att.clone()),
-                task_id: task_id.clone(),
-                audience: "https://api.example".into(),
-                scopes: vec![],
-                ttl_seconds: 300,
-            };
-            async move {
-                pb::agent_service_client::AgentServiceClient::new(ch)
-                    .issue_token(req)
-                    .await
-                    .is_ok()
-            }
-        }
+        let call = issue_call(att.clone(), task_id.clone());
+        move |ch: Channel| call(ch)
     };
     let mut rounds = Vec::new();
     let mut mtls_rounds: Vec<Run> = Vec::new();
@@ -523,7 +493,7 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
         .admin()
         .await?
         .list_tokens(pb::ListTokensRequest {
-            task_id: task.task_id.clone(),
+            task_id: task_id.clone(),
             limit: 1,
         })
         .await?
@@ -636,10 +606,7 @@ async fn mtls_setup(
             }),
         })
         .await?;
-    let key = rcgen::KeyPair::generate()?;
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)?
-        .pem()?;
+    let (csr, key) = crate::conn::key_and_csr()?;
     let cert = admin
         .issue_agent_certificate(pb::IssueAgentCertificateRequest {
             name: name.into(),
@@ -649,18 +616,28 @@ async fn mtls_setup(
         .await?
         .into_inner()
         .certificate_pem;
-    let key = key.serialize_pem();
+    let att = crate::conn::mtls_attestation();
+    let (channels, task_id) =
+        channels_and_task(broker, connections, Some((&cert, &key)), &att).await?;
+    let call = issue_call(att, task_id);
+    Ok((channels, call))
+}
+
+/// `connections` channels (presenting `identity` when given) and a long task opened with `att`.
+async fn channels_and_task(
+    broker: &TestBroker,
+    connections: usize,
+    identity: Option<(&str, &str)>,
+    att: &pb::Attestation,
+) -> anyhow::Result<(Vec<Channel>, String)> {
     let mut channels = Vec::new();
     for _ in 0..connections {
-        channels.push(connect(&broker.grpc_url, &broker.ca_pem, Some((&cert, &key))).await?);
+        channels.push(connect(&broker.grpc_url, &broker.ca_pem, identity).await?);
     }
-    let att = pb::Attestation {
-        method: Some(pb::attestation::Method::Mtls(pb::MtlsAttestation {})),
-    };
     let task = pb::agent_service_client::AgentServiceClient::new(channels[0].clone())
         .start_task(pb::StartTaskRequest {
             attestation: Some(att.clone()),
-            purpose: "bench over mTLS".into(),
+            purpose: "bench".into(),
             audiences: vec!["https://api.example".into()],
             scopes: vec!["read".into()],
             max_duration_seconds: 86400,
@@ -670,8 +647,12 @@ async fn mtls_setup(
         .into_inner()
         .task
         .context("no task")?;
-    let task_id = task.task_id;
-    let call: Call = Arc::new(move |ch: Channel| {
+    Ok((channels, task.task_id))
+}
+
+/// One IssueToken call of the task, attested with `att`.
+fn issue_call(att: pb::Attestation, task_id: String) -> Call {
+    Arc::new(move |ch: Channel| {
         let req = pb::IssueTokenRequest {
             attestation: Some(att.clone()),
             task_id: task_id.clone(),
@@ -685,6 +666,5 @@ async fn mtls_setup(
                 .await
                 .is_ok()
         })
-    });
-    Ok((channels, call))
+    })
 }

@@ -343,6 +343,21 @@ async fn set_state(
 }
 
 /// Issues an operator credential offline from the data dir's CA.
+/// Certificates as JSON, or a line each (after `prefix`).
+fn emit_certificates(g: &Global, certs: &[pb::CertificateInfo], prefix: &str) {
+    emit(
+        g,
+        json!(certs.iter().map(out::certificate).collect::<Vec<_>>()),
+        || {
+            certs
+                .iter()
+                .map(|c| format!("{prefix}{}", out::certificate_line(c)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    );
+}
+
 async fn cert(
     g: &Global,
     admin: &mut pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
@@ -362,13 +377,8 @@ async fn cert(
                     None,
                 ),
                 None => {
-                    let key = rcgen::KeyPair::generate().context("generating a key")?;
-                    let csr = rcgen::CertificateParams::default()
-                        .serialize_request(&key)
-                        .context("making the CSR")?
-                        .pem()
-                        .context("encoding the CSR")?;
-                    (csr, Some(key.serialize_pem()))
+                    let (csr, key) = crate::conn::key_and_csr()?;
+                    (csr, Some(key))
                 }
             };
             let r = admin
@@ -416,17 +426,7 @@ async fn cert(
                 .await?
                 .into_inner()
                 .certificates;
-            emit(
-                g,
-                json!(certs.iter().map(out::certificate).collect::<Vec<_>>()),
-                || {
-                    certs
-                        .iter()
-                        .map(out::certificate_line)
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                },
-            );
+            emit_certificates(g, &certs, "");
         }
         CertCmd::Revoke { serial, reason } => {
             let r = admin
@@ -458,12 +458,7 @@ async fn operator(
             days,
             out,
         } => {
-            let key = rcgen::KeyPair::generate().context("generating a key")?;
-            let csr = rcgen::CertificateParams::default()
-                .serialize_request(&key)
-                .context("making the CSR")?
-                .pem()
-                .context("encoding the CSR")?;
+            let (csr, key) = crate::conn::key_and_csr()?;
             let r = admin
                 .issue_operator_certificate(pb::IssueOperatorCertificateRequest {
                     name: name.clone(),
@@ -477,7 +472,7 @@ async fn operator(
                 .with_context(|| format!("cannot create {}", out.display()))?;
             let cert_path = out.join(format!("{name}.pem"));
             let key_path = out.join(format!("{name}-key.pem"));
-            taskpass_server::write_file(&key_path, key.serialize_pem().as_bytes(), false)?;
+            taskpass_server::write_file(&key_path, key.as_bytes(), false)?;
             taskpass_server::write_file(&cert_path, r.certificate_pem.as_bytes(), true)?;
             emit(
                 g,
@@ -501,17 +496,7 @@ async fn operator(
                 .await?
                 .into_inner()
                 .certificates;
-            emit(
-                g,
-                json!(certs.iter().map(out::certificate).collect::<Vec<_>>()),
-                || {
-                    certs
-                        .iter()
-                        .map(out::certificate_line)
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                },
-            );
+            emit_certificates(g, &certs, "");
         }
         OperatorCmd::Revoke {
             serial_or_name,
@@ -525,17 +510,7 @@ async fn operator(
                 .await?
                 .into_inner()
                 .revoked;
-            emit(
-                g,
-                json!(revoked.iter().map(out::certificate).collect::<Vec<_>>()),
-                || {
-                    revoked
-                        .iter()
-                        .map(|c| format!("revoked {}", out::certificate_line(c)))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                },
-            );
+            emit_certificates(g, &revoked, "revoked ");
         }
     }
     Ok(())

@@ -52,3 +52,23 @@ pub async fn admin(g: &Global) -> anyhow::Result<AdminServiceClient<Channel>> {
         .with_context(|| format!("cannot connect to the broker at {url}"))?;
     Ok(AdminServiceClient::new(channel))
 }
+
+/// A new ECDSA P-256 key and a CSR for it: (CSR PEM, key PEM). The key stays here; only the
+/// CSR goes to the broker, which takes nothing from it but the public key.
+pub fn key_and_csr() -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate().context("generating a key")?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .context("making the CSR")?
+        .pem()
+        .context("encoding the CSR")?;
+    Ok((csr, key.serialize_pem()))
+}
+
+/// `attestation.mtls`: the connection's client certificate attests.
+pub fn mtls_attestation() -> taskpass_proto::v1::Attestation {
+    use taskpass_proto::v1 as pb;
+    pb::Attestation {
+        method: Some(pb::attestation::Method::Mtls(pb::MtlsAttestation {})),
+    }
+}

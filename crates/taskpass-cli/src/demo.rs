@@ -323,10 +323,7 @@ ca_file = "{}"
         .into_inner()
         .agent
         .context("no agent in the answer")?;
-    let key = rcgen::KeyPair::generate()?;
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)?
-        .pem()?;
+    let (csr, key) = crate::conn::key_and_csr()?;
     let cert = admin
         .issue_agent_certificate(pb::IssueAgentCertificateRequest {
             name: name.into(),
@@ -336,18 +333,9 @@ ca_file = "{}"
         .await?
         .into_inner();
     let mut mtls_agent = pb::agent_service_client::AgentServiceClient::new(
-        taskpass_proto::connect(
-            &grpc_url,
-            &ca,
-            Some((&cert.certificate_pem, &key.serialize_pem())),
-        )
-        .await?,
+        taskpass_proto::connect(&grpc_url, &ca, Some((&cert.certificate_pem, &key))).await?,
     );
-    let mtls = || {
-        Some(pb::Attestation {
-            method: Some(pb::attestation::Method::Mtls(pb::MtlsAttestation {})),
-        })
-    };
+    let mtls = || Some(crate::conn::mtls_attestation());
     let night = mtls_agent
         .start_task(pb::StartTaskRequest {
             attestation: mtls(),

@@ -1053,6 +1053,27 @@ fn changes(old: &Agent, new: &Agent) -> Result<String, StoreError> {
     })
 }
 
+/// The certificates whose (holder, serial) index keys fall in `range`, at most `limit`.
+fn certificates_in(
+    txn: &redb::ReadTransaction,
+    range: std::ops::Range<(&str, &str)>,
+    limit: usize,
+) -> Result<Vec<CertificateRecord>, StoreError> {
+    let certs = txn.open_table(CERTIFICATES)?;
+    let mut out = Vec::new();
+    for row in txn.open_table(CERTIFICATES_BY_HOLDER)?.range(range)? {
+        let (k, _) = row?;
+        let serial = k.value().1.to_owned();
+        if let Some(c) = get_json(&certs, "certificate", &serial)? {
+            out.push(c);
+        }
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// Marks `cert` revoked and appends its revocation.
 fn revoke_certificate_in(
     t: &mut Tables<'_>,
@@ -1288,49 +1309,15 @@ impl Store for RedbStore {
         holder: &str,
         limit: usize,
     ) -> Result<Vec<CertificateRecord>, StoreError> {
-        self.read(|txn| {
-            let certs = txn.open_table(CERTIFICATES)?;
-            let mut out = Vec::new();
-            for row in txn
-                .open_table(CERTIFICATES_BY_HOLDER)?
-                .range((holder, "")..(holder, "~"))?
-            {
-                let (k, _) = row?;
-                let serial = k.value().1.to_owned();
-                if let Some(c) = get_json(&certs, "certificate", &serial)? {
-                    out.push(c);
-                }
-                if out.len() >= limit {
-                    break;
-                }
-            }
-            Ok(out)
-        })
+        self.read(|txn| certificates_in(txn, (holder, "")..(holder, "~"), limit))
     }
 
     async fn list_operator_certificates(
         &self,
         limit: usize,
     ) -> Result<Vec<CertificateRecord>, StoreError> {
-        self.read(|txn| {
-            let certs = txn.open_table(CERTIFICATES)?;
-            let mut out = Vec::new();
-            // "operator;" sorts right after every "operator:<name>".
-            for row in txn
-                .open_table(CERTIFICATES_BY_HOLDER)?
-                .range(("operator:", "")..("operator;", ""))?
-            {
-                let (k, _) = row?;
-                let serial = k.value().1.to_owned();
-                if let Some(c) = get_json(&certs, "certificate", &serial)? {
-                    out.push(c);
-                }
-                if out.len() >= limit {
-                    break;
-                }
-            }
-            Ok(out)
-        })
+        // "operator;" sorts right after every "operator:<name>".
+        self.read(|txn| certificates_in(txn, ("operator:", "")..("operator;", ""), limit))
     }
 
     async fn revoke_certificate(
