@@ -92,6 +92,7 @@ pub async fn issue(
             audience: API.into(),
             scopes: vec![],
             ttl_seconds: 0,
+            dpop_jkt: String::new(),
         })
         .await?
         .into_inner())

@@ -131,6 +131,7 @@ async fn refused_everywhere(
             audience: API.into(),
             scopes: vec![],
             ttl_seconds: 0,
+            dpop_jkt: String::new(),
         })
         .await
         .unwrap_err();
@@ -518,6 +519,7 @@ async fn es256_and_eddsa_attestations_start_tasks() {
                 audience: API.into(),
                 scopes: vec![],
                 ttl_seconds: 0,
+                dpop_jkt: String::new(),
             })
             .await
             .unwrap()

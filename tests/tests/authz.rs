@@ -50,6 +50,7 @@ fn issue_req(
         audience: audience.into(),
         scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
         ttl_seconds,
+        dpop_jkt: String::new(),
     }
 }
 

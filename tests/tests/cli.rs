@@ -723,3 +723,19 @@ async fn operator_lifecycle() {
             .any(|e| e["action"] == "operator.recover")
     );
 }
+
+/// A data dir whose store holds no operator certificate (as one from before they were
+/// recorded) keeps its admin: the existing admin.pem is recorded at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_admin_credential_is_recorded_on_upgrade() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let issuer = DevIssuer::start().await.unwrap();
+    let mut broker = TestBroker::start(&issuer).await.unwrap();
+    let dir = broker.data_dir().to_path_buf();
+    assert!(broker.terminate().unwrap());
+    std::fs::remove_file(dir.join("store.redb")).unwrap();
+    broker.restart().await.unwrap();
+    let list = json(&taskpass(&dir, &["operator", "list", "--output", "json"]));
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["operator"], "bootstrap");
+}

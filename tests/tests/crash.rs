@@ -72,6 +72,7 @@ async fn kill9_during_burst_loses_nothing_acknowledged() {
                         audience: API.into(),
                         scopes: vec![],
                         ttl_seconds: 0,
+                        dpop_jkt: String::new(),
                     })
                     .await;
                 match r {

@@ -190,6 +190,18 @@ async fn an_agent_attests_with_its_certificate_and_its_tokens_are_bound_to_it() 
         .unwrap()
         .into_inner();
     let thumbprint = taskpass_core::certificate_thumbprint(&cert.der);
+    // One binding per token: no DPoP key on top of the certificate.
+    let err = agent
+        .issue_token(pb::IssueTokenRequest {
+            attestation: mtls(),
+            task_id: task.task_id.clone(),
+            audience: API.into(),
+            dpop_jkt: taskpass_core::sha256_b64url(b"a key"),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
     // Introspection reports the binding.
     let info = env

@@ -46,6 +46,7 @@ async fn whole_story() {
             audience: API.into(),
             scopes: vec!["read".into()],
             ttl_seconds: 10_000,
+            dpop_jkt: String::new(),
         })
         .await
         .unwrap()

@@ -659,6 +659,7 @@ fn issue_call(att: pb::Attestation, task_id: String) -> Call {
             audience: "https://api.example".into(),
             scopes: vec![],
             ttl_seconds: 300,
+            dpop_jkt: String::new(),
         };
         Box::pin(async move {
             pb::agent_service_client::AgentServiceClient::new(ch)

@@ -191,6 +191,7 @@ ca_file = "{}"
             audience: AUDIENCE.into(),
             scopes: vec![],
             ttl_seconds: 120,
+            dpop_jkt: String::new(),
         })
         .await?
         .into_inner();

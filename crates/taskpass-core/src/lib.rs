@@ -42,4 +42,7 @@ pub use policy::{
 pub use revocation::{RevocationEvent, RevocationKind};
 pub use scope::{Audience, Purpose, Scope, ScopeSet, limits as input_limits};
 pub use task::{Task, TaskState};
-pub use token::{AccessClaims, Actor, Confirmation, TokenRecord, certificate_thumbprint};
+pub use token::{
+    AccessClaims, Actor, Confirmation, TokenRecord, certificate_thumbprint, is_thumbprint,
+    sha256_b64url,
+};

@@ -73,13 +73,18 @@ impl Confirmation {
 
 /// base64url (no padding) of the SHA-256 of a certificate's DER: `x5t#S256`.
 pub fn certificate_thumbprint(der: &[u8]) -> String {
+    sha256_b64url(der)
+}
+
+/// base64url (no padding) of the SHA-256 of `data`: thumbprints, DPoP's `ath`.
+pub fn sha256_b64url(data: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(ring::digest::digest(&ring::digest::SHA256, der))
+        .encode(ring::digest::digest(&ring::digest::SHA256, data))
 }
 
 /// A thumbprint as both bindings write it: base64url of 32 bytes, 43 characters.
-fn is_thumbprint(s: &str) -> bool {
+pub fn is_thumbprint(s: &str) -> bool {
     use base64::Engine as _;
     s.len() == 43
         && base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -655,6 +655,24 @@ impl Broker {
             .load_own_task(&agent, "issue_token", &req.task_id)
             .await?;
         let task_id = task.id.to_string();
+        let cnf = match (cnf, req.dpop_jkt.as_str()) {
+            (cnf, "") => cnf,
+            (Some(_), _) => {
+                let e = ApiError::InvalidArgument(
+                    "dpop_jkt cannot be used with mTLS attestation: those tokens are bound to the client certificate".into(),
+                );
+                return Err(self.refuse(&agent, "issue_token", "malformed_request", &task_id, e));
+            }
+            (None, jkt) if taskpass_core::is_thumbprint(jkt) => {
+                Some(Confirmation::Key(jkt.to_owned()))
+            }
+            (None, _) => {
+                let e = ApiError::InvalidArgument(
+                    "dpop_jkt must be the RFC 7638 SHA-256 thumbprint of the DPoP public key, base64url without padding (43 characters)".into(),
+                );
+                return Err(self.refuse(&agent, "issue_token", "malformed_request", &task_id, e));
+            }
+        };
         let parsed = (|| {
             Ok::<_, ApiError>(IssueRequest {
                 audience: Audience::parse(&req.audience)
@@ -688,7 +706,8 @@ impl Broker {
         };
         let mut claims =
             AccessClaims::for_record(&self.issuer, &record, task.on_behalf_of.as_deref());
-        // RFC 8705: a token issued under mTLS attestation is bound to that certificate.
+        // RFC 8705: a token issued under mTLS attestation is bound to that certificate; RFC
+        // 9449: one asked for with a DPoP key thumbprint is bound to that key.
         claims.cnf = cnf;
         let access_token = self.keys.sign(&claims)?;
         let mut a = AuditEntry::draft(now, agent.id.as_str(), "issue_token");

@@ -68,6 +68,47 @@ pub(crate) async fn record_operator(
     Ok(())
 }
 
+/// Records the first admin credential: the one this start made with a new CA, or, for a data
+/// dir from before operator certificates were recorded, its `admin.pem` when the store holds
+/// no operator certificate at all (so that the upgrade does not lock its admin out).
+pub(crate) async fn record_bootstrap_admin(
+    store: &dyn Store,
+    td: &TrustDomain,
+    dir: &Path,
+    first: Option<&IssuedCertificate>,
+    now: i64,
+) -> Result<(), crate::StartError> {
+    if let Some(first) = first {
+        record_operator(
+            store,
+            td,
+            Role::Admin,
+            "bootstrap",
+            first,
+            now,
+            "operator.bootstrap",
+        )
+        .await?;
+        return Ok(());
+    }
+    let path = dir.join(crate::pki::files::ADMIN);
+    let Ok(pem) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    if !store.list_operator_certificates(1).await?.is_empty() {
+        return Ok(());
+    }
+    let cert = crate::pki::parse_issued(&pem)?;
+    let Some((role, name)) = crate::pki::operator_of(&cert, td) else {
+        return Ok(());
+    };
+    if store.certificate(&cert.serial).await?.is_none() {
+        record_operator(store, td, role, &name, &cert, now, "operator.bootstrap").await?;
+        tracing::info!(path = %path.display(), "recorded the existing admin credential");
+    }
+    Ok(())
+}
+
 /// `taskpassd --recover-admin NAME --out DIR`: with the broker stopped (the store is opened
 /// here, exclusively), issues and records a new admin credential from the data dir's CA.
 pub async fn recover_admin(

@@ -353,6 +353,45 @@ pub fn issue_operator(
     Ok((cert, key.serialize_pem()))
 }
 
+/// A certificate read back from its PEM (the first one), as issuance describes it.
+pub fn parse_issued(pem: &str) -> Result<IssuedCertificate, PkiError> {
+    use rustls_pki_types::pem::PemObject;
+    let bad = |detail: &str| PkiError::Cert {
+        what: "certificate",
+        detail: detail.to_owned(),
+    };
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|_| bad("not a PEM certificate"))?
+        .to_vec();
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|_| bad("cannot be parsed"))?;
+    Ok(IssuedCertificate {
+        pem: pem.to_owned(),
+        serial: cert
+            .raw_serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        der,
+    })
+}
+
+/// The role and name of an operator certificate of `trust_domain`, from its URI SAN.
+pub fn operator_of(cert: &IssuedCertificate, trust_domain: &TrustDomain) -> Option<(Role, String)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(&cert.der).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) => {
+            let rest = u.strip_prefix(&format!("spiffe://{trust_domain}/operator/"))?;
+            let (role, name) = rest.split_once('/')?;
+            Some((Role::parse(role)?, name.to_owned()))
+        }
+        _ => None,
+    })
+}
+
 /// The SPIFFE id of an operator.
 pub fn operator_id(
     trust_domain: &TrustDomain,

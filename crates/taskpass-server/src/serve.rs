@@ -172,18 +172,14 @@ pub async fn serve(
                 detail: e.to_string(),
             })??,
     );
-    if let Some(first) = &pki.first_admin {
-        crate::operators::record_operator(
-            store.as_ref(),
-            &config.trust_domain,
-            taskpass_core::Role::Admin,
-            "bootstrap",
-            first,
-            clock.now(),
-            "operator.bootstrap",
-        )
-        .await?;
-    }
+    crate::operators::record_bootstrap_admin(
+        store.as_ref(),
+        &config.trust_domain,
+        dir,
+        pki.first_admin.as_ref(),
+        clock.now(),
+    )
+    .await?;
     let oidc = OidcVerifier::new(
         config.oidc.clone(),
         OidcOptions {

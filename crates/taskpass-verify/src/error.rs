@@ -60,6 +60,13 @@ pub enum VerifyError {
     /// The token is bound to another certificate or key than the one presented.
     #[error("token is bound to another certificate or key than the one presented")]
     WrongHolder,
+    /// The DPoP proof is not valid: the part that failed (`typ`, `alg`, `jwk`, `signature`,
+    /// `htm`, `htu`, `iat`, `jti`, `ath`, ...).
+    #[error("DPoP proof is invalid: {0}")]
+    InvalidProof(&'static str),
+    /// The DPoP proof's `jti` was seen before: a replay.
+    #[error("DPoP proof was already used")]
+    ReplayedProof,
     /// The JWKS could not be used: why (never key material).
     #[error("invalid key set: {0}")]
     InvalidKeySet(String),
@@ -80,6 +87,8 @@ impl VerifyError {
     /// | `wrong_audience` | `WrongAudience` |
     /// | `proof_required` | `ProofRequired` |
     /// | `wrong_holder` | `WrongHolder` |
+    /// | `invalid_dpop_proof` | `InvalidProof` |
+    /// | `replayed_dpop_proof` | `ReplayedProof` |
     /// | `invalid_key_set` | `InvalidKeySet` (never returned by verification) |
     pub fn reason(&self) -> &'static str {
         match self {
@@ -98,6 +107,8 @@ impl VerifyError {
             Self::WrongAudience => "wrong_audience",
             Self::ProofRequired => "proof_required",
             Self::WrongHolder => "wrong_holder",
+            Self::InvalidProof(_) => "invalid_dpop_proof",
+            Self::ReplayedProof => "replayed_dpop_proof",
             Self::InvalidKeySet(_) => "invalid_key_set",
         }
     }

@@ -12,7 +12,8 @@
 //! A token bound to its holder (`cnf`, issued to agents that attested with a client
 //! certificate) passes only [`Verifier::verify_held`] with the certificate the caller showed
 //! on its mTLS connection; [`Verifier::verify`] refuses it ([`VerifyError::ProofRequired`]),
-//! so that a leaked bound token is useless.
+//! so that a leaked bound token is useless. A token bound to a DPoP key (`cnf.jkt`) passes only
+//! with [`Holder::Dpop`]: a proof by that key for the request, checked as RFC 9449 says.
 //!
 //! Revocation is the other half: follow `WatchRevocations` and reject the token ids, tasks
 //! and agents it names.
@@ -34,10 +35,12 @@
 //! # Ok::<(), VerifyError>(())
 //! ```
 
+mod dpop;
 mod error;
 mod keys;
 mod verifier;
 
+pub use dpop::{DEFAULT_PROOF_WINDOW_SECS, DEFAULT_REPLAY_CACHE, DpopRequest, MAX_PROOF_BYTES};
 pub use error::VerifyError;
 pub use keys::{KeySet, MAX_JWKS_BYTES, MAX_JWKS_KEYS};
 pub use verifier::{DEFAULT_LEEWAY_SECS, Holder, MAX_TOKEN_BYTES, VerifiedToken, Verifier};

@@ -2,7 +2,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use jsonwebtoken::Algorithm;
 use taskpass_core::jwt::{self, SignedToken, TokenAlg};
-use taskpass_core::{AccessClaims, Clock as _, SystemClock};
+use taskpass_core::{AccessClaims, Clock as _, Confirmation, SystemClock};
 
 use crate::error::VerifyError;
 use crate::keys::KeySet;
@@ -36,6 +36,8 @@ pub struct Verifier {
     issuer: String,
     leeway: u64,
     keys: RwLock<Arc<KeySet>>,
+    dpop_window: i64,
+    replays: crate::dpop::ReplayCache,
 }
 
 impl Verifier {
@@ -51,6 +53,8 @@ impl Verifier {
             issuer: issuer.into(),
             leeway: DEFAULT_LEEWAY_SECS,
             keys: RwLock::new(Arc::new(keys)),
+            dpop_window: crate::dpop::DEFAULT_PROOF_WINDOW_SECS,
+            replays: crate::dpop::ReplayCache::new(crate::dpop::DEFAULT_REPLAY_CACHE),
         }
     }
 
@@ -59,6 +63,17 @@ impl Verifier {
     #[must_use]
     pub fn with_leeway(mut self, secs: u64) -> Self {
         self.leeway = secs;
+        self
+    }
+
+    /// Sets how far a DPoP proof's `iat` may be from now (default
+    /// [`DEFAULT_PROOF_WINDOW_SECS`](crate::DEFAULT_PROOF_WINDOW_SECS)) and how many proof
+    /// `jti`s the replay cache holds (default
+    /// [`DEFAULT_REPLAY_CACHE`](crate::DEFAULT_REPLAY_CACHE)).
+    #[must_use]
+    pub fn with_dpop(mut self, window_secs: u32, replay_cache: usize) -> Self {
+        self.dpop_window = i64::from(window_secs);
+        self.replays = crate::dpop::ReplayCache::new(replay_cache);
         self
     }
 
@@ -95,7 +110,9 @@ impl Verifier {
 
     /// Verifies `token` for `audience`, presented by `holder`: a token bound to a certificate
     /// (`cnf.x5t#S256`, RFC 8705) is accepted only from the client that showed that
-    /// certificate on the connection; an unbound token is accepted from anyone.
+    /// certificate on the connection, one bound to a key (`cnf.jkt`, RFC 9449) only with a
+    /// valid, fresh, unreplayed DPoP proof by that key for this request; an unbound token is
+    /// accepted from anyone.
     pub fn verify_held(
         &self,
         token: &str,
@@ -120,6 +137,12 @@ impl Verifier {
                 if !cnf.matches_certificate(der) {
                     return Err(VerifyError::WrongHolder);
                 }
+            }
+            (Some(cnf @ Confirmation::Key(_)), Holder::Dpop(req)) => {
+                crate::dpop::check(&req, token, cnf, now, self.dpop_window, &self.replays)?;
+            }
+            (Some(Confirmation::Certificate(_)), Holder::Dpop(_)) => {
+                return Err(VerifyError::WrongHolder);
             }
             (Some(_), Holder::Nothing) => return Err(VerifyError::ProofRequired),
         }
@@ -176,6 +199,8 @@ pub enum Holder<'a> {
     Nothing,
     /// The client certificate (DER) the caller showed on its mTLS connection to the API.
     Certificate(&'a [u8]),
+    /// A DPoP proof (RFC 9449) and the request it came with.
+    Dpop(crate::DpopRequest<'a>),
 }
 
 /// A token that passed every check, with its claims.
