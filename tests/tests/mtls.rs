@@ -748,6 +748,16 @@ async fn an_external_ca_vouches_for_its_domains_and_never_for_operators() {
         "spiffe://example.org/agent/billing"
     );
 
+    // A certificate the openssl command line made, from that CA: accepted too.
+    let made = openssl_leaf(tmp.path(), &spire, id, "sha256");
+    let mut agent = connect_as(&env, &made.cert_pem, &made.key_pem)
+        .await
+        .unwrap();
+    assert_eq!(
+        start_mtls(&mut agent).await.unwrap().agent_id,
+        "spiffe://example.org/agent/billing"
+    );
+
     // It may not vouch for the broker's own domain...
     let own = leaf(&spire, "spiffe://example.org/agent/billing", |_| {});
     let mut agent = connect_as(&env, &own.cert_pem, &own.key_pem).await.unwrap();
