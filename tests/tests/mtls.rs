@@ -399,6 +399,16 @@ async fn every_bad_certificate_is_refused_with_its_reason() {
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     assert!(err.message().contains("SHA-1"), "{err:?}");
 
+    // An RSA key under 2048 bits in the chain (here an intermediate; a leaf that weak cannot
+    // even sign the TLS handshake with an accepted scheme).
+    let weak = weak_rsa_chain(tmp.path(), &ca, id);
+    let mut agent = connect_as(&env, &weak.cert_pem, &weak.key_pem)
+        .await
+        .unwrap();
+    let err = start_mtls(&mut agent).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("1024-bit RSA key"), "{err:?}");
+
     // Refusals are tallied, never written one by one; no task was recorded.
     let tasks = env
         .admin
@@ -412,6 +422,110 @@ async fn every_bad_certificate_is_refused_with_its_reason() {
         audit_len_without_tallies(&mut env.admin).await.unwrap(),
         before
     );
+}
+
+/// A leaf (ECDSA) for `uri` under an RSA-1024 intermediate of `ca`, as one PEM chain.
+fn weak_rsa_chain(dir: &Path, ca: &Ca, uri: &str) -> Leaf {
+    let w = |name: &str, s: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, s).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let ca_pem = w("weak-ca.pem", &ca.pem);
+    let ca_key = w("weak-ca-key.pem", &ca.key_pem);
+    let int_ext = w(
+        "int.cnf",
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,digitalSignature\n",
+    );
+    let leaf_ext = w(
+        "leaf.cnf",
+        &format!(
+            "subjectAltName=URI:{uri}\nextendedKeyUsage=clientAuth\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        ),
+    );
+    let path = |n: &str| dir.join(n).to_str().unwrap().to_owned();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:1024",
+        "-nodes",
+        "-keyout",
+        &path("int-key.pem"),
+        "-subj",
+        "/CN=weak intermediate",
+        "-out",
+        &path("int.csr"),
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &path("int.csr"),
+        "-CA",
+        &ca_pem,
+        "-CAkey",
+        &ca_key,
+        "-set_serial",
+        "77",
+        "-days",
+        "2",
+        "-sha256",
+        "-extfile",
+        &int_ext,
+        "-out",
+        &path("int.pem"),
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &path("weak-leaf-key.pem"),
+        "-subj",
+        "/CN=agent",
+        "-out",
+        &path("weak-leaf.csr"),
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &path("weak-leaf.csr"),
+        "-CA",
+        &path("int.pem"),
+        "-CAkey",
+        &path("int-key.pem"),
+        "-set_serial",
+        "78",
+        "-days",
+        "2",
+        "-sha256",
+        "-extfile",
+        &leaf_ext,
+        "-out",
+        &path("weak-leaf.pem"),
+    ]);
+    let leaf = std::fs::read_to_string(path("weak-leaf.pem")).unwrap();
+    let int = std::fs::read_to_string(path("int.pem")).unwrap();
+    let mut leaf_only = pem_leaf(
+        &leaf,
+        std::fs::read_to_string(path("weak-leaf-key.pem")).unwrap(),
+    );
+    leaf_only.cert_pem = format!("{leaf}{int}");
+    leaf_only
 }
 
 /// A certificate and key made by the openssl command line, signed by `ca`.
