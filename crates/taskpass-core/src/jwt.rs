@@ -152,6 +152,16 @@ pub fn check_times(claims: &AccessClaims, now: i64, leeway: u64) -> Result<(), P
     Ok(())
 }
 
+/// Refuses a token whose lifetime (`exp` − `iat`) is longer than `max_secs`: no broker issues
+/// one, so it was not issued by one (or by one configured otherwise).
+pub fn check_lifetime(claims: &AccessClaims, max_secs: u64) -> Result<(), ProfileError> {
+    let max = i64::try_from(max_secs).unwrap_or(i64::MAX);
+    if claims.exp.saturating_sub(claims.iat) > max {
+        return Err(ProfileError::InvalidClaim("exp"));
+    }
+    Ok(())
+}
+
 /// A base64url part holding a JSON object without repeated names.
 fn object(b64: &str) -> Result<Map<String, Value>, ProfileError> {
     let json = URL_SAFE_NO_PAD

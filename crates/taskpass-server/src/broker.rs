@@ -821,11 +821,16 @@ impl Broker {
         if claims.iss != self.issuer {
             return Ok(inactive("wrong_issuer"));
         }
-        if now >= claims.exp {
-            return Ok(inactive("expired"));
+        // The profile's time and lifetime checks, without leeway for our own tokens.
+        match taskpass_core::jwt::check_times(&claims, now, 0) {
+            Ok(()) => {}
+            Err(taskpass_core::jwt::ProfileError::Expired) => return Ok(inactive("expired")),
+            Err(_) => return Ok(inactive("not_yet_valid")),
         }
-        if now < claims.nbf {
-            return Ok(inactive("not_yet_valid"));
+        if taskpass_core::jwt::check_lifetime(&claims, u64::from(self.limits.max_ttl_seconds))
+            .is_err()
+        {
+            return Ok(inactive("malformed"));
         }
         let (Ok(token_id), Ok(task_id)) = (TokenId::parse(&claims.jti), TaskId::parse(&claims.txn))
         else {

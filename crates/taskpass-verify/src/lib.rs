@@ -43,4 +43,7 @@ mod verifier;
 pub use dpop::{DEFAULT_PROOF_WINDOW_SECS, DEFAULT_REPLAY_CACHE, DpopRequest, MAX_PROOF_BYTES};
 pub use error::VerifyError;
 pub use keys::{KeySet, MAX_JWKS_BYTES, MAX_JWKS_KEYS};
-pub use verifier::{DEFAULT_LEEWAY_SECS, Holder, MAX_TOKEN_BYTES, VerifiedToken, Verifier};
+pub use verifier::{
+    DEFAULT_LEEWAY_SECS, DEFAULT_MAX_LIFETIME_SECS, Holder, MAX_TOKEN_BYTES, VerifiedToken,
+    Verifier,
+};

@@ -18,6 +18,11 @@ pub use taskpass_core::jwt::MAX_TOKEN_BYTES;
 /// token's life.
 pub const DEFAULT_LEEWAY_SECS: u64 = 5;
 
+/// The longest token lifetime (`exp` − `iat`) a [`Verifier`] accepts by default, seconds: the
+/// longest a broker can be configured to issue. Set the broker's own `tokens.max_ttl_seconds`
+/// with [`Verifier::with_max_lifetime`] to refuse anything longer.
+pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 86_400;
+
 /// Verifies Taskpass access tokens offline, against the broker's keys.
 ///
 /// Tokens are read with the one access-token profile the broker uses too
@@ -38,6 +43,7 @@ pub struct Verifier {
     keys: RwLock<Arc<KeySet>>,
     dpop_window: i64,
     replays: crate::dpop::ReplayCache,
+    max_lifetime: u64,
 }
 
 impl Verifier {
@@ -55,6 +61,7 @@ impl Verifier {
             keys: RwLock::new(Arc::new(keys)),
             dpop_window: crate::dpop::DEFAULT_PROOF_WINDOW_SECS,
             replays: crate::dpop::ReplayCache::new(crate::dpop::DEFAULT_REPLAY_CACHE),
+            max_lifetime: DEFAULT_MAX_LIFETIME_SECS,
         }
     }
 
@@ -74,6 +81,14 @@ impl Verifier {
     pub fn with_dpop(mut self, window_secs: u32, replay_cache: usize) -> Self {
         self.dpop_window = i64::from(window_secs);
         self.replays = crate::dpop::ReplayCache::new(replay_cache);
+        self
+    }
+
+    /// Sets the longest token lifetime (`exp` − `iat`) accepted, seconds (default
+    /// [`DEFAULT_MAX_LIFETIME_SECS`]): the broker's `tokens.max_ttl_seconds`.
+    #[must_use]
+    pub fn with_max_lifetime(mut self, secs: u64) -> Self {
+        self.max_lifetime = secs;
         self
     }
 
@@ -180,6 +195,7 @@ impl Verifier {
             return Err(VerifyError::WrongAudience);
         }
         jwt::check_times(&claims, now, self.leeway)?;
+        jwt::check_lifetime(&claims, self.max_lifetime)?;
         Ok(VerifiedToken::new(claims))
     }
 }
