@@ -210,13 +210,14 @@ pub struct Caller {
     pub conn: Option<Arc<crate::conn::ConnState>>,
 }
 
-/// An attested caller: the agent, and what its tokens are bound to.
+/// An attested caller: the agent, and the client certificate that proved it under mTLS
+/// attestation (its tokens are bound to it).
 #[derive(Debug)]
 pub struct Attested {
     /// The agent the attestation proves.
     pub agent: Agent,
-    /// The binding of its tokens: the client certificate under mTLS attestation.
-    pub cnf: Option<Confirmation>,
+    /// The verified client certificate, under mTLS attestation.
+    pub certificate: Option<CertificateIdentity>,
 }
 
 impl Caller {
@@ -345,13 +346,15 @@ impl Broker {
                         "attestation refused: {e}"
                     )))
                 })?;
-                let cnf = Some(Confirmation::Certificate(id.thumbprint.clone()));
                 let agent = self
                     .agent_bound_to(Binding::X509 {
-                        spiffe_id: id.spiffe_id,
+                        spiffe_id: id.spiffe_id.clone(),
                     })
                     .await?;
-                return Ok(Attested { agent, cnf });
+                return Ok(Attested {
+                    agent,
+                    certificate: Some(id),
+                });
             }
             Some(Method::OidcToken(t)) => t,
         };
@@ -385,7 +388,10 @@ impl Broker {
             }
         };
         let agent = self.agent_bound_to(binding).await?;
-        Ok(Attested { agent, cnf: None })
+        Ok(Attested {
+            agent,
+            certificate: None,
+        })
     }
 
     /// The agent an attested identity is bound to.
@@ -647,7 +653,7 @@ impl Broker {
         caller: &Caller,
         req: pb::IssueTokenRequest,
     ) -> Result<pb::IssueTokenResponse, ApiError> {
-        let Attested { agent, cnf } = self
+        let Attested { agent, certificate } = self
             .authenticate(caller, "issue_token", req.attestation.as_ref())
             .await?;
         self.charge(&agent, "issue_token")?;
@@ -655,6 +661,7 @@ impl Broker {
             .load_own_task(&agent, "issue_token", &req.task_id)
             .await?;
         let task_id = task.id.to_string();
+        let cnf = certificate.map(|c| Confirmation::Certificate(c.thumbprint));
         let cnf = match (cnf, req.dpop_jkt.as_str()) {
             (cnf, "") => cnf,
             (Some(_), _) => {

@@ -167,10 +167,9 @@ impl Broker {
             .authenticate(caller, "renew_certificate", Some(&mtls))
             .await?;
         self.charge(&attested.agent, "renew_certificate")?;
-        let current = self
-            .client_certificate(caller)
-            .await
-            .map_err(|e| ApiError::Unauthenticated(format!("attestation refused: {e}")))?;
+        let current = attested.certificate.ok_or_else(|| {
+            ApiError::Unauthenticated("renewal needs the current client certificate".into())
+        })?;
         if current.authority != crate::broker::BROKER_CA {
             return Err(ApiError::FailedPrecondition(format!(
                 "this certificate was issued by {}, not by this broker: renew it there",
