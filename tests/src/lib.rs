@@ -191,3 +191,38 @@ impl Env {
         })
     }
 }
+
+/// A validator credential from the admin API, with a key made here: `(cert_pem, key_pem)`.
+pub async fn add_validator(
+    admin: &mut pb::admin_service_client::AdminServiceClient<Channel>,
+    name: &str,
+    audiences: &[&str],
+) -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)?
+        .pem()?;
+    let r = admin
+        .add_validator(pb::AddValidatorRequest {
+            name: name.into(),
+            audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+            csr_pem: csr,
+            days: 0,
+        })
+        .await?
+        .into_inner();
+    Ok((r.certificate_pem, key.serialize_pem()))
+}
+
+/// A validation client on its own connection, presenting `cert_pem` and `key_pem`.
+pub async fn validation_as(
+    broker: &taskpass_testkit::TestBroker,
+    cert_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<pb::validation_service_client::ValidationServiceClient<Channel>> {
+    let ch = taskpass_proto::connect(&broker.grpc_url, &broker.ca_pem, Some((cert_pem, key_pem)))
+        .await?;
+    Ok(pb::validation_service_client::ValidationServiceClient::new(
+        ch,
+    ))
+}

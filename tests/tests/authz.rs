@@ -130,7 +130,10 @@ async fn wait_for_event(
     want: impl Fn(&pb::RevocationEvent) -> bool,
 ) -> pb::RevocationEvent {
     let mut watch = val
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

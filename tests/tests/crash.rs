@@ -152,7 +152,10 @@ async fn kill9_during_burst_loses_nothing_acknowledged() {
 
     // The revocation log survived, numbered without gaps.
     let mut watch = val
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

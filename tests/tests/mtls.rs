@@ -699,7 +699,32 @@ async fn certificates_renew_and_revoke() {
     let mut agent = connect_as(&env, &first.cert_pem, &first.key_pem)
         .await
         .unwrap();
-    start_mtls(&mut agent).await.unwrap();
+    let task = start_mtls(&mut agent).await.unwrap();
+    let bound = agent
+        .issue_token(pb::IssueTokenRequest {
+            attestation: mtls(),
+            task_id: task.task_id.clone(),
+            audience: API.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let introspect = |val: &mut pb::validation_service_client::ValidationServiceClient<Channel>,
+                      token: String| {
+        let mut val = val.clone();
+        async move {
+            val.introspect(pb::IntrospectRequest { token })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    assert!(
+        introspect(&mut env.val, bound.access_token.clone())
+            .await
+            .active
+    );
 
     // Renew with the current certificate: a new one for the same identity.
     let key = KeyPair::generate().unwrap();
@@ -766,6 +791,7 @@ async fn certificates_renew_and_revoke() {
         .val
         .watch_revocations(pb::WatchRevocationsRequest {
             after_sequence: revoked.sequence - 1,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -773,6 +799,13 @@ async fn certificates_renew_and_revoke() {
     let ev = stream.message().await.unwrap().unwrap();
     assert_eq!(ev.kind, pb::RevocationKind::Certificate as i32);
     assert_eq!(ev.id, first_serial);
+    // The event names the thumbprint its bound tokens carry, and they are inactive now.
+    let i = introspect(&mut env.val, bound.access_token.clone()).await;
+    assert!(!i.active);
+    assert_eq!(i.inactive_reason, "certificate_revoked");
+    use rustls_pki_types::pem::PemObject as _;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(first.cert_pem.as_bytes()).unwrap();
+    assert_eq!(ev.thumbprint, taskpass_core::certificate_thumbprint(&der));
     // Bad serials are refused, a second revoke too.
     for serial in ["", "XYZ", "ABCDEF", &"a".repeat(41)] {
         let err = env

@@ -166,7 +166,10 @@ async fn whole_story() {
 
     // A validator follows revocations; completing the task reaches it within a second.
     let mut watch = val
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -219,7 +222,10 @@ async fn whole_story() {
 
     // A late subscriber replays the backlog from the durable log.
     let mut late = val
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -234,6 +240,7 @@ async fn whole_story() {
     let beyond = val
         .watch_revocations(pb::WatchRevocationsRequest {
             after_sequence: 999,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -346,7 +353,10 @@ async fn deadline_expires_the_task_and_its_tokens() {
         "no token outlives its task"
     );
     let mut watch = val
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

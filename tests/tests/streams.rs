@@ -13,6 +13,9 @@ use taskpass_proto::v1 as pb;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+/// Lets callers without a certificate follow the stream.
+const OPEN_STREAM: &str = "[validation]\nopen_revocation_stream = true\n";
+
 type Val = pb::validation_service_client::ValidationServiceClient<Channel>;
 
 /// A channel from `local` (a loopback address), with the given HTTP/2 windows.
@@ -81,7 +84,8 @@ async fn revocations(env: &Env, subject: &str, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_unread_streams_are_capped_and_cheap() {
-    let mut env = Env::start().await.unwrap();
+    // Anonymous followers: the open stream is where a flood of them matters most.
+    let mut env = Env::start_with(OPEN_STREAM).await.unwrap();
     register(&mut env.admin, &env.issuer, "streamer", "sub-stream")
         .await
         .unwrap();
@@ -99,7 +103,10 @@ async fn thousands_of_unread_streams_are_capped_and_cheap() {
         let mut val = Val::new(channel(&url, &ca, local, None).await);
         for _ in 0..15 {
             match val
-                .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+                .watch_revocations(pb::WatchRevocationsRequest {
+                    after_sequence: 0,
+                    ..Default::default()
+                })
                 .await
             {
                 Ok(s) => held.push(s.into_inner()),
@@ -167,7 +174,10 @@ async fn thousands_of_unread_streams_are_capped_and_cheap() {
     let mut stream = loop {
         let mut val = Val::new(channel(&url, &ca, "127.0.0.1".parse().unwrap(), None).await);
         match val
-            .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+            .watch_revocations(pb::WatchRevocationsRequest {
+                after_sequence: 0,
+                ..Default::default()
+            })
             .await
         {
             Ok(s) => break s.into_inner(),
@@ -194,7 +204,7 @@ async fn thousands_of_unread_streams_are_capped_and_cheap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_cannot_take_every_stream() {
     let env = Env::start_with(
-        "[limits]\nagent_requests_per_second = 0\nwatch_subscribers = 64\nwatch_subscribers_per_address = 20\nwatch_subscribers_per_connection = 8\n",
+        "[limits]\nagent_requests_per_second = 0\nwatch_subscribers = 64\nwatch_subscribers_per_address = 20\nwatch_subscribers_per_connection = 8\n[validation]\nopen_revocation_stream = true\n",
     )
     .await
     .unwrap();
@@ -207,7 +217,10 @@ async fn one_address_cannot_take_every_stream() {
         let mut val = Val::new(channel(&url, &ca, hog, None).await);
         for _ in 0..8 {
             match val
-                .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+                .watch_revocations(pb::WatchRevocationsRequest {
+                    after_sequence: 0,
+                    ..Default::default()
+                })
                 .await
             {
                 Ok(s) => held.push(s.into_inner()),
@@ -227,7 +240,10 @@ async fn one_address_cannot_take_every_stream() {
     // Another client still gets a stream, and the hog gets one back when it lets one go.
     let mut other = Val::new(channel(&url, &ca, "127.0.0.1".parse().unwrap(), None).await);
     let _mine = other
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: 0,
+            ..Default::default()
+        })
         .await
         .unwrap();
     drop(held.pop());
@@ -235,7 +251,10 @@ async fn one_address_cannot_take_every_stream() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match val
-            .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+            .watch_revocations(pb::WatchRevocationsRequest {
+                after_sequence: 0,
+                ..Default::default()
+            })
             .await
         {
             Ok(_) => break,
@@ -250,7 +269,7 @@ async fn one_address_cannot_take_every_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_too_far_behind_is_cut_off_and_resumes_without_a_gap() {
     let mut env = Env::start_with(
-        "[limits]\nagent_requests_per_second = 0\nrefusal_audit_interval_seconds = 1\nwatch_lag_events = 32\n",
+        "[limits]\nagent_requests_per_second = 0\nrefusal_audit_interval_seconds = 1\nwatch_lag_events = 32\n[validation]\nopen_revocation_stream = true\n",
     )
     .await
     .unwrap();
@@ -261,7 +280,10 @@ async fn a_subscriber_too_far_behind_is_cut_off_and_resumes_without_a_gap() {
     // A tiny window: the broker can send only a few events before the client must read.
     let mut val = Val::new(channel(&url, &ca, "127.0.0.1".parse().unwrap(), Some(2048)).await);
     let mut stream = val
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -306,6 +328,7 @@ async fn a_subscriber_too_far_behind_is_cut_off_and_resumes_without_a_gap() {
     let mut stream = val
         .watch_revocations(pb::WatchRevocationsRequest {
             after_sequence: resume,
+            ..Default::default()
         })
         .await
         .unwrap()

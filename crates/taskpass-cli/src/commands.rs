@@ -5,7 +5,10 @@ use serde_json::json;
 use taskpass_proto::v1 as pb;
 
 use crate::output as out;
-use crate::{AgentCmd, AuditCmd, CertCmd, Command, Global, OperatorCmd, Output, TaskCmd, TokenCmd};
+use crate::{
+    AgentCmd, AuditCmd, CertCmd, Command, Global, OperatorCmd, Output, TaskCmd, TokenCmd,
+    ValidatorCmd,
+};
 
 fn emit(g: &Global, json: serde_json::Value, text: impl FnOnce() -> String) {
     match g.output {
@@ -308,6 +311,7 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
             }
         }
         Command::Operator(cmd) => operator(g, &mut admin, cmd).await?,
+        Command::Validator(cmd) => validator(g, &mut admin, cmd).await?,
         Command::Demo | Command::Bench(_) => unreachable_command()?,
     }
     Ok(())
@@ -344,6 +348,87 @@ async fn set_state(
 
 /// Issues an operator credential offline from the data dir's CA.
 /// Certificates as JSON, or a line each (after `prefix`).
+/// Writes `NAME-key.pem` (0600), `NAME.pem` and `ca.pem` (the broker's CA, to trust its
+/// server) into `out`.
+fn write_credential(
+    out: &std::path::Path,
+    name: &str,
+    key: &str,
+    cert_pem: &str,
+    ca_pem: &str,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let cert_path = out.join(format!("{name}.pem"));
+    let key_path = out.join(format!("{name}-key.pem"));
+    taskpass_server::write_file(&key_path, key.as_bytes(), false)?;
+    taskpass_server::write_file(&cert_path, cert_pem.as_bytes(), true)?;
+    if !ca_pem.is_empty() {
+        taskpass_server::write_file(&out.join("ca.pem"), ca_pem.as_bytes(), true)?;
+    }
+    Ok((cert_path, key_path))
+}
+
+async fn validator(
+    g: &Global,
+    admin: &mut pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+    cmd: ValidatorCmd,
+) -> anyhow::Result<()> {
+    match cmd {
+        ValidatorCmd::Add {
+            name,
+            audiences,
+            days,
+            out,
+        } => {
+            let (csr, key) = crate::conn::key_and_csr()?;
+            let r = admin
+                .add_validator(pb::AddValidatorRequest {
+                    name: name.clone(),
+                    audiences: audiences.clone(),
+                    csr_pem: csr,
+                    days,
+                })
+                .await?
+                .into_inner();
+            let (cert_path, key_path) =
+                write_credential(&out, &name, &key, &r.certificate_pem, &r.ca_pem)?;
+            emit(
+                g,
+                json!({"validator": r.validator_id, "serial": r.serial, "expires_at": r.expires_at,
+                       "audiences": audiences, "cert": cert_path, "key": key_path}),
+                || {
+                    format!(
+                        "issued {} serial {} until {} for {}\n  cert {}\n  key  {} (0600)",
+                        out::safe(&r.validator_id),
+                        out::safe(&r.serial),
+                        r.expires_at,
+                        out::safe(&audiences.join(" ")),
+                        cert_path.display(),
+                        key_path.display()
+                    )
+                },
+            );
+        }
+        ValidatorCmd::List => {
+            let certs = admin
+                .list_validators(pb::ListValidatorsRequest { limit: 0 })
+                .await?
+                .into_inner()
+                .certificates;
+            emit_certificates(g, &certs, "");
+        }
+        ValidatorCmd::Revoke { name, reason } => {
+            let revoked = admin
+                .revoke_validator(pb::RevokeValidatorRequest { name, reason })
+                .await?
+                .into_inner()
+                .revoked;
+            emit_certificates(g, &revoked, "revoked ");
+        }
+    }
+    Ok(())
+}
+
 fn emit_certificates(g: &Global, certs: &[pb::CertificateInfo], prefix: &str) {
     emit(
         g,
@@ -468,12 +553,8 @@ async fn operator(
                 })
                 .await?
                 .into_inner();
-            std::fs::create_dir_all(&out)
-                .with_context(|| format!("cannot create {}", out.display()))?;
-            let cert_path = out.join(format!("{name}.pem"));
-            let key_path = out.join(format!("{name}-key.pem"));
-            taskpass_server::write_file(&key_path, key.as_bytes(), false)?;
-            taskpass_server::write_file(&cert_path, r.certificate_pem.as_bytes(), true)?;
+            let (cert_path, key_path) =
+                write_credential(&out, &name, &key, &r.certificate_pem, "")?;
             emit(
                 g,
                 json!({"operator": r.operator_id, "serial": r.serial, "expires_at": r.expires_at,

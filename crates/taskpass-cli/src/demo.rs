@@ -106,8 +106,7 @@ ca_file = "{}"
         taskpass_proto::connect(&grpc_url, &ca, Some((&admin_cert, &admin_key))).await?,
     );
     let channel = taskpass_proto::connect(&grpc_url, &ca, None).await?;
-    let mut agent = pb::agent_service_client::AgentServiceClient::new(channel.clone());
-    let mut validator = pb::validation_service_client::ValidationServiceClient::new(channel);
+    let mut agent = pb::agent_service_client::AgentServiceClient::new(channel);
 
     let registered = admin
         .register_agent(pb::RegisterAgentRequest {
@@ -142,6 +141,33 @@ ca_file = "{}"
             ),
         ],
         json!({"agent_id": registered.agent_id}),
+    );
+
+    let (csr, validator_key) = crate::conn::key_and_csr()?;
+    let added = admin
+        .add_validator(pb::AddValidatorRequest {
+            name: "tickets-api".into(),
+            audiences: vec![AUDIENCE.into()],
+            csr_pem: csr,
+            days: 1,
+        })
+        .await?
+        .into_inner();
+    let mut validator = pb::validation_service_client::ValidationServiceClient::new(
+        taskpass_proto::connect(
+            &grpc_url,
+            &ca,
+            Some((&added.certificate_pem, &validator_key)),
+        )
+        .await?,
+    );
+    story.step(
+        "The operator registers the downstream API as a validator of that audience",
+        &[format!(
+            "{} may introspect {AUDIENCE} tokens and follow revocations",
+            added.validator_id
+        )],
+        json!({"validator_id": added.validator_id}),
     );
 
     let task = agent
@@ -243,7 +269,10 @@ ca_file = "{}"
     );
 
     let mut watch = validator
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: 0,
+            ..Default::default()
+        })
         .await?
         .into_inner();
     let done = agent

@@ -78,6 +78,9 @@ pub enum Command {
     /// Issue operator credentials from a local broker's CA (offline: needs the data dir).
     #[command(subcommand)]
     Operator(OperatorCmd),
+    /// Register validators: downstream APIs that introspect tokens and follow revocations.
+    #[command(subcommand)]
+    Validator(ValidatorCmd),
     /// Run the whole story in one process: broker, OIDC issuer, agent, task, token, revocation.
     Demo,
     /// Load-test IssueToken against a broker it starts, with an echo and raw-signing baseline.
@@ -277,6 +280,35 @@ pub enum OperatorCmd {
     /// refused from the next call on.
     Revoke {
         serial_or_name: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ValidatorCmd {
+    /// Issue a validator credential: a client certificate for
+    /// spiffe://<trust-domain>/validator/NAME, serving these audiences. The key is made here;
+    /// only a CSR goes to the broker. Adding a name again issues another certificate.
+    Add {
+        /// Lowercase letters, digits and '-'.
+        name: String,
+        /// An audience the validator serves (repeatable, at least one): Introspect answers it
+        /// for tokens addressed to these only.
+        #[arg(long = "audience", required = true)]
+        audiences: Vec<String>,
+        /// Validity in days (at most 90).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=90))]
+        days: u32,
+        /// Where to write NAME.pem, NAME-key.pem (0600) and ca.pem.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// List validators' certificates.
+    List,
+    /// Revoke every certificate of a validator: refused from the next call on.
+    Revoke {
+        name: String,
         #[arg(long, default_value = "")]
         reason: String,
     },

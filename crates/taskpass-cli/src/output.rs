@@ -89,17 +89,23 @@ pub fn certificate(c: &pb::CertificateInfo) -> Value {
         "serial": c.serial, "spiffe_id": c.spiffe_id, "agent_id": c.agent_id,
         "issued_at": c.issued_at, "expires_at": c.expires_at, "revoked": c.revoked,
         "revoked_at": c.revoked_at, "revoke_reason": c.revoke_reason, "thumbprint": c.thumbprint,
-        "operator": c.operator, "role": c.role,
+        "operator": c.operator, "role": c.role, "validator": c.validator,
+        "audiences": c.audiences,
     })
 }
 
 pub fn certificate_line(c: &pb::CertificateInfo) -> String {
     format!(
-        "{:<32} {:<8} until={} {}",
+        "{:<32} {:<8} until={} {}{}",
         safe(&c.serial),
         if c.revoked { "revoked" } else { "valid" },
         c.expires_at,
-        safe(&c.spiffe_id)
+        safe(&c.spiffe_id),
+        if c.audiences.is_empty() {
+            String::new()
+        } else {
+            format!(" audiences={}", safe(&c.audiences.join(",")))
+        }
     )
 }
 

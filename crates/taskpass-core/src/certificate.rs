@@ -23,21 +23,54 @@ pub enum CertificateHolder {
         /// Its role.
         role: Role,
     },
+    /// A validator: a downstream API that introspects and follows revocations.
+    Validator {
+        /// Its name (the last segment of its SPIFFE id).
+        name: String,
+        /// The audiences it validates tokens for: Introspect answers it only for these.
+        audiences: Vec<String>,
+    },
 }
 
 impl CertificateHolder {
-    /// The holder as one string, for indexes: the agent id, or `operator:<name>`.
+    /// The holder as one string, for indexes: the agent id, `operator:<name>` or
+    /// `validator:<name>`.
     pub fn key(&self) -> String {
         match self {
             Self::Agent { agent } => agent.as_str().to_owned(),
-            Self::Operator { name, .. } => operator_holder_key(name),
+            Self::Operator { name, .. } => holder_key(PrincipalKind::Operator, name),
+            Self::Validator { name, .. } => holder_key(PrincipalKind::Validator, name),
         }
     }
 }
 
+/// The principals other than agents that the broker's CA issues certificates to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    /// Operators (`/operator/<role>/<name>`).
+    Operator,
+    /// Validators (`/validator/<name>`).
+    Validator,
+}
+
+impl PrincipalKind {
+    /// The lowercase name, the prefix of its holder keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::Validator => "validator",
+        }
+    }
+}
+
+/// The index key of an operator's or a validator's certificates: `<kind>:<name>`.
+pub fn holder_key(kind: PrincipalKind, name: &str) -> String {
+    format!("{}:{name}", kind.as_str())
+}
+
 /// The index key of an operator's certificates.
 pub fn operator_holder_key(name: &str) -> String {
-    format!("operator:{name}")
+    holder_key(PrincipalKind::Operator, name)
 }
 
 /// One issued certificate (never its key: the holder made that).

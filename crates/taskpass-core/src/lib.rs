@@ -29,7 +29,8 @@ mod token;
 pub use agent::{Agent, AgentState, AllowList, Binding};
 pub use audit::{AuditEntry, AuditOutcome, ChainProblem, GENESIS_HASH, verify_chain};
 pub use certificate::{
-    CertificateHolder, CertificateRecord, is_canonical_serial, operator_holder_key,
+    CertificateHolder, CertificateRecord, PrincipalKind, holder_key, is_canonical_serial,
+    operator_holder_key,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ParseError;

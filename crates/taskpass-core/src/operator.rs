@@ -66,6 +66,8 @@ pub enum Permission {
     Approve,
     /// Issue, list and revoke operators' certificates.
     ManageOperators,
+    /// Add, list and revoke validators.
+    ManageValidators,
 }
 
 impl Permission {
@@ -81,6 +83,7 @@ impl Permission {
             Self::ReadAudit => "read_audit",
             Self::Approve => "approve",
             Self::ManageOperators => "manage_operators",
+            Self::ManageValidators => "manage_validators",
         }
     }
 }

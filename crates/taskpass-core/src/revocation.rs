@@ -30,4 +30,7 @@ pub struct RevocationEvent {
     pub not_after: i64,
     /// Why, e.g. `task_completed`.
     pub reason: String,
+    /// For a certificate: its `x5t#S256`, which the tokens bound to it carry in `cnf`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub thumbprint: String,
 }

@@ -38,8 +38,8 @@ pub struct Broker {
     pub(crate) x509_trust_domains: Vec<String>,
     /// Agents' client certificates: the broker's CA and the `[[attestation.x509]]` CAs.
     pub(crate) agent_certs: Arc<X509Verifier>,
-    /// Operators' client certificates: the broker's own CA, and nothing else.
-    pub(crate) operator_certs: Arc<X509Verifier>,
+    /// Operators' and validators' client certificates: the broker's own CA, and nothing else.
+    pub(crate) own_certs: Arc<X509Verifier>,
     /// Revoked certificates of the broker's CA that have not expired.
     pub(crate) revoked_serials: crate::certificates::RevokedSerials,
     /// The data dir (its CA signs agent certificates; the key is read when needed).
@@ -56,6 +56,8 @@ pub struct Broker {
     pub(crate) refusals: Arc<Refusals>,
     /// What clients hold open: connections and revocation streams.
     pub(crate) conns: Connections,
+    /// `[validation] open_revocation_stream`: anyone may follow WatchRevocations.
+    pub(crate) open_revocation_stream: bool,
 }
 
 /// The caps on what clients hold open.
@@ -810,8 +812,14 @@ impl Broker {
         Ok(task_to_pb(&task, self.now()))
     }
 
-    /// Introspect: never an error for a bad token, only `active: false` with a reason.
-    pub async fn introspect(&self, token: &str) -> Result<pb::IntrospectResponse, ApiError> {
+    /// Introspect: never an error for a bad token, only `active: false` with a reason. A
+    /// validator learns about tokens for its own audiences only (RFC 7662 §2.1): any other is
+    /// `wrong_audience`, before anything about its state is looked up.
+    pub async fn introspect(
+        &self,
+        reader: &crate::principals::Principal,
+        token: &str,
+    ) -> Result<pb::IntrospectResponse, ApiError> {
         let inactive = |reason: &str| pb::IntrospectResponse {
             active: false,
             inactive_reason: reason.to_owned(),
@@ -827,6 +835,11 @@ impl Broker {
         let now = self.now();
         if claims.iss != self.issuer {
             return Ok(inactive("wrong_issuer"));
+        }
+        if let crate::principals::Principal::Validator(v) = reader
+            && !v.serves(&claims.aud)
+        {
+            return Ok(inactive("wrong_audience"));
         }
         // The profile's time and lifetime checks, without leeway for our own tokens.
         match taskpass_core::jwt::check_times(&claims, now, 0) {
@@ -867,6 +880,11 @@ impl Broker {
             Some(AgentState::Offboarded) => return Ok(inactive("agent_offboarded")),
             Some(AgentState::Suspended) => return Ok(inactive("agent_suspended")),
             _ => return Ok(inactive("unknown_agent")),
+        }
+        if let Some(Confirmation::Certificate(t)) = &claims.cnf
+            && self.revoked_serials.contains_thumbprint(t)
+        {
+            return Ok(inactive("certificate_revoked"));
         }
         let (cnf_x5t_s256, cnf_jkt) = match &claims.cnf {
             Some(Confirmation::Certificate(t)) => (t.clone(), String::new()),

@@ -3,7 +3,7 @@
 //! listed and revoked by operators. Every one is recorded in the store; a revoked serial is
 //! refused on the very next call and streamed as a revocation of kind CERTIFICATE.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::RwLock;
 
 use taskpass_core::{
@@ -16,27 +16,62 @@ use taskpass_store::{IssueCertificate, RevokeCertificate};
 use crate::broker::{Broker, Caller};
 use crate::error::ApiError;
 
-/// The serials of revoked certificates that have not expired yet: checked on every mTLS call.
+/// The revoked certificates of the broker's CA that have not expired, by serial (checked on
+/// every mTLS call) and by thumbprint (tokens bound to one are inactive). An entry is dropped
+/// once its certificate has expired: the set holds only what could still be presented.
 #[derive(Debug, Default)]
-pub(crate) struct RevokedSerials(RwLock<HashSet<String>>);
+pub(crate) struct RevokedSerials(RwLock<Revoked>);
+
+#[derive(Debug, Default)]
+struct Revoked {
+    /// serial → notAfter.
+    serials: HashMap<String, i64>,
+    /// `x5t#S256` → notAfter.
+    thumbprints: HashMap<String, i64>,
+    /// Entries at the last prune: the next one comes when the set has doubled.
+    pruned_at: usize,
+}
 
 impl RevokedSerials {
-    pub(crate) fn new(serials: Vec<String>) -> Self {
-        Self(RwLock::new(serials.into_iter().collect()))
+    pub(crate) fn new(revoked: Vec<CertificateRecord>) -> Self {
+        let set = Self::default();
+        for r in &revoked {
+            set.insert(r);
+        }
+        set
     }
 
     pub(crate) fn contains(&self, serial: &str) -> bool {
         self.0
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(serial)
+            .serials
+            .contains_key(serial)
     }
 
-    pub(crate) fn insert(&self, serial: String) {
+    /// Whether a revoked certificate has this `x5t#S256`.
+    pub(crate) fn contains_thumbprint(&self, thumbprint: &str) -> bool {
         self.0
-            .write()
+            .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(serial);
+            .thumbprints
+            .contains_key(thumbprint)
+    }
+
+    pub(crate) fn insert(&self, record: &CertificateRecord) {
+        let mut r = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        r.serials.insert(record.serial.clone(), record.not_after);
+        r.thumbprints
+            .insert(record.thumbprint.clone(), record.not_after);
+        if r.serials.len() >= 2 * r.pruned_at.max(512) {
+            let now = taskpass_core::Clock::now(&taskpass_core::SystemClock);
+            r.serials.retain(|_, not_after| *not_after > now);
+            r.thumbprints.retain(|_, not_after| *not_after > now);
+            r.pruned_at = r.serials.len();
+        }
     }
 }
 
@@ -55,6 +90,14 @@ pub(crate) fn cert_to_pb(c: &CertificateRecord) -> pb::CertificateInfo {
         role: match &c.holder {
             CertificateHolder::Operator { role, .. } => role.as_str().to_owned(),
             _ => String::new(),
+        },
+        validator: match &c.holder {
+            CertificateHolder::Validator { name, .. } => name.clone(),
+            _ => String::new(),
+        },
+        audiences: match &c.holder {
+            CertificateHolder::Validator { audiences, .. } => audiences.clone(),
+            _ => Vec::new(),
         },
         issued_at: c.issued_at,
         expires_at: c.not_after,
@@ -251,7 +294,7 @@ impl Broker {
                 audit: a,
             })
             .await?;
-        self.revoked_serials.insert(record.serial.clone());
+        self.revoked_serials.insert(&record);
         Ok(pb::RevokeCertificateResponse {
             certificate: Some(cert_to_pb(&record)),
             sequence: event.sequence,

@@ -88,6 +88,16 @@ pub struct X509AuthorityConfig {
     pub trust_domains: Vec<String>,
 }
 
+/// The `[validation]` table: who may follow the revocation log and how.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationSection {
+    /// Let callers without a validator or operator certificate follow WatchRevocations, as
+    /// a public CRL is open to anyone. Weaker: anyone who can reach the port learns which
+    /// token, task, agent and certificate ids were revoked, and when. Default false.
+    pub open_revocation_stream: bool,
+}
+
 /// The `[limits]` table: what one client may hold or ask of the broker. Every key has a safe
 /// default; `docs/operations.md` lists them.
 #[derive(Debug, Clone, Deserialize)]
@@ -261,6 +271,9 @@ pub struct ConfigFile {
     /// `[limits]`.
     #[serde(default = "default_limits")]
     pub limits: LimitsSection,
+    /// `[validation]`.
+    #[serde(default)]
+    pub validation: ValidationSection,
 }
 
 fn default_listen() -> SocketAddr {
@@ -362,6 +375,8 @@ pub struct Config {
     pub server_names: Vec<String>,
     /// The `[limits]` table as validated.
     pub caps: LimitsSection,
+    /// The `[validation]` table.
+    pub validation: ValidationSection,
 }
 
 /// Why a configuration was refused: every problem found.
@@ -377,6 +392,7 @@ impl ConfigFile {
             tokens: default_tokens(),
             attestation: default_attestation(),
             limits: default_limits(),
+            validation: ValidationSection::default(),
         }
     }
 
@@ -516,6 +532,7 @@ impl ConfigFile {
                     rps => Some((rps, self.limits.agent_burst.max(1))),
                 },
                 caps: self.limits,
+                validation: self.validation,
             }),
             _ => Err(ConfigError(problems)),
         }

@@ -170,8 +170,8 @@ pub struct ConnState {
     >,
     /// Set once the broker found that certificate in its records (broker-issued ones).
     pub agent_certificate_recorded: std::sync::OnceLock<()>,
-    /// Set once the broker found the operator's certificate in its records.
-    pub operator_certificate_recorded: std::sync::OnceLock<()>,
+    /// The operator or validator the client certificate proved, on first use.
+    pub(crate) principal: std::sync::OnceLock<crate::principals::Proven>,
 }
 
 impl ConnState {
@@ -183,7 +183,7 @@ impl ConnState {
             watches: AtomicUsize::new(0),
             agent_certificate: std::sync::OnceLock::new(),
             agent_certificate_recorded: std::sync::OnceLock::new(),
-            operator_certificate_recorded: std::sync::OnceLock::new(),
+            principal: std::sync::OnceLock::new(),
         })
     }
 

@@ -168,6 +168,7 @@ fn event_to_pb(e: &RevocationEvent) -> pb::RevocationEvent {
         revoked_at: e.revoked_at,
         not_after: e.not_after,
         reason: e.reason.clone(),
+        thumbprint: e.thumbprint.clone(),
     }
 }
 
@@ -190,6 +191,10 @@ struct Follower {
     /// read (a burst larger than the live feed holds) re-reads the log; one that lags
     /// because nobody reads it is cut off.
     last_taken: std::time::Instant,
+    /// How long the stream may stay silent before a heartbeat, when the client asked for them.
+    heartbeat: Option<std::time::Duration>,
+    /// When the next heartbeat is due (set once caught up: the first one says so).
+    next_beat: Option<tokio::time::Instant>,
     _slot: crate::broker::WatchSlot,
 }
 
@@ -204,9 +209,7 @@ impl Follower {
         }
         loop {
             if let Some(e) = self.page.pop_front() {
-                self.cursor = e.sequence;
-                self.last_taken = std::time::Instant::now();
-                return Some(Ok(event_to_pb(&e)));
+                return Some(Ok(self.sent(&e)));
             }
             if self.catching_up {
                 match self
@@ -221,6 +224,9 @@ impl Follower {
                         // read and now shows as a gap, which sends us back to the log.
                         self.live = self.live.resubscribe();
                         self.catching_up = false;
+                        if self.heartbeat.is_some() && self.next_beat.is_none() {
+                            return Some(Ok(self.beat()));
+                        }
                     }
                     Ok(batch) => self.page.extend(batch),
                     Err(e) => {
@@ -233,11 +239,7 @@ impl Follower {
             tokio::select! {
                 ev = self.live.recv() => match ev {
                     Ok(e) if e.sequence <= self.cursor => {}
-                    Ok(e) if e.sequence == self.cursor + 1 => {
-                        self.cursor = e.sequence;
-                        self.last_taken = std::time::Instant::now();
-                        return Some(Ok(event_to_pb(&e)));
-                    }
+                    Ok(e) if e.sequence == self.cursor + 1 => return Some(Ok(self.sent(&e))),
                     // A gap (a commit published out of order): read the log again.
                     Ok(_) => self.catching_up = true,
                     // The subscriber did not read while the live feed moved on by more than
@@ -254,9 +256,46 @@ impl Follower {
                     }
                     Err(RecvError::Closed) => return None,
                 },
+                () = beat(self.next_beat) => return Some(Ok(self.beat())),
                 _ = self.shutdown.changed() => return None,
             }
         }
+    }
+
+    /// Moves the cursor to `e`, which is being sent.
+    fn sent(&mut self, e: &RevocationEvent) -> pb::RevocationEvent {
+        self.cursor = e.sequence;
+        self.last_taken = std::time::Instant::now();
+        self.rearm();
+        event_to_pb(e)
+    }
+
+    /// A heartbeat: "nothing after `cursor` yet".
+    fn beat(&mut self) -> pb::RevocationEvent {
+        self.last_taken = std::time::Instant::now();
+        self.rearm();
+        pb::RevocationEvent {
+            sequence: self.cursor,
+            kind: pb::RevocationKind::Unspecified.into(),
+            revoked_at: taskpass_core::Clock::now(&*self.broker.clock),
+            ..Default::default()
+        }
+    }
+
+    fn rearm(&mut self) {
+        if let Some(every) = self.heartbeat
+            && (self.next_beat.is_some() || !self.catching_up)
+        {
+            self.next_beat = Some(tokio::time::Instant::now() + every);
+        }
+    }
+}
+
+/// Resolves when the heartbeat is due; never when there is none.
+async fn beat(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -266,8 +305,13 @@ impl pb::validation_service_server::ValidationService for Services {
         &self,
         req: Request<pb::IntrospectRequest>,
     ) -> Result<Response<pb::IntrospectResponse>, Status> {
-        self.run("Introspect", self.broker.introspect(&req.get_ref().token))
-            .await
+        let caller = Self::caller(&req);
+        let b = &self.broker;
+        self.run("Introspect", async {
+            let reader = b.reader(&caller, "Introspect").await?;
+            b.introspect(&reader, &req.get_ref().token).await
+        })
+        .await
     }
 
     async fn get_jwks(
@@ -290,13 +334,17 @@ impl pb::validation_service_server::ValidationService for Services {
         req: Request<pb::WatchRevocationsRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let after = req.get_ref().after_sequence;
-        let conn = req
-            .extensions()
-            .get::<Arc<crate::conn::ConnState>>()
-            .cloned();
+        let heartbeat = match req.get_ref().heartbeat_seconds {
+            0 => None,
+            s => Some(std::time::Duration::from_secs(u64::from(s.clamp(1, 60)))),
+        };
+        let caller = Self::caller(&req);
         let broker = Arc::clone(&self.broker);
         self.run("WatchRevocations", async move {
-            let slot = broker.conns.watches.take(conn)?;
+            if !broker.open_revocation_stream {
+                broker.reader(&caller, "WatchRevocations").await?;
+            }
+            let slot = broker.conns.watches.take(caller.conn)?;
             // Subscribe before reading the log so nothing committed in between is missed.
             let live = broker.store.subscribe_revocations();
             let head = broker.store.last_revocation_sequence().await?;
@@ -314,6 +362,8 @@ impl pb::validation_service_server::ValidationService for Services {
                 live,
                 done: false,
                 last_taken: std::time::Instant::now(),
+                heartbeat,
+                next_beat: None,
                 _slot: slot,
             };
             let stream = futures::stream::unfold(follower, |mut f| async move {
@@ -511,6 +561,43 @@ impl pb::admin_service_server::AdminService for Services {
         self.run("RevokeCertificate", async {
             let op = self.operator(&req).await?;
             self.broker.revoke_certificate(&op, req.into_inner()).await
+        })
+        .await
+    }
+
+    async fn add_validator(
+        &self,
+        req: Request<pb::AddValidatorRequest>,
+    ) -> Result<Response<pb::AddValidatorResponse>, Status> {
+        self.run("AddValidator", async {
+            let op = self.operator(&req).await?;
+            self.broker.add_validator(&op, req.into_inner()).await
+        })
+        .await
+    }
+
+    async fn list_validators(
+        &self,
+        req: Request<pb::ListValidatorsRequest>,
+    ) -> Result<Response<pb::ListValidatorsResponse>, Status> {
+        self.run("ListValidators", async {
+            let op = self.operator(&req).await?;
+            Ok(pb::ListValidatorsResponse {
+                certificates: self.broker.list_validators(&op, req.into_inner()).await?,
+            })
+        })
+        .await
+    }
+
+    async fn revoke_validator(
+        &self,
+        req: Request<pb::RevokeValidatorRequest>,
+    ) -> Result<Response<pb::RevokeValidatorResponse>, Status> {
+        self.run("RevokeValidator", async {
+            let op = self.operator(&req).await?;
+            Ok(pb::RevokeValidatorResponse {
+                revoked: self.broker.revoke_validator(&op, req.into_inner()).await?,
+            })
         })
         .await
     }

@@ -24,10 +24,12 @@ mod keys;
 mod metrics;
 mod operators;
 mod pki;
+mod principals;
 mod ratelimit;
 mod refusals;
 mod serve;
 mod tls;
+mod validators;
 
 pub use broker::{Broker, MAX_ATTESTATION_BYTES};
 pub use config::{

@@ -6,16 +6,16 @@
 use std::path::Path;
 
 use taskpass_core::{
-    AgentName, AuditEntry, CertificateHolder, CertificateRecord, Operator, Permission, Role,
-    TrustDomain, is_canonical_serial, operator_holder_key,
+    AgentName, AuditEntry, CertificateHolder, CertificateRecord, Operator, Permission,
+    PrincipalKind, Role, TrustDomain, is_canonical_serial, operator_holder_key,
 };
 use taskpass_proto::v1 as pb;
-use taskpass_store::{IssueCertificate, RevokeCertificate, Store, StoreError};
+use taskpass_store::{IssueCertificate, Store, StoreError};
 
-use crate::broker::{Broker, Caller};
+use crate::broker::Broker;
 use crate::certificates::cert_to_pb;
 use crate::error::ApiError;
-use crate::pki::{DEFAULT_OPERATOR_DAYS, IssuedCertificate, MAX_OPERATOR_DAYS, PkiError};
+use crate::pki::{DEFAULT_OPERATOR_DAYS, IssuedCertificate, PkiError};
 
 /// The record of an operator certificate.
 fn operator_record(
@@ -95,7 +95,11 @@ pub(crate) async fn record_bootstrap_admin(
     let Ok(pem) = std::fs::read_to_string(&path) else {
         return Ok(());
     };
-    if !store.list_operator_certificates(1).await?.is_empty() {
+    if !store
+        .list_principal_certificates(PrincipalKind::Operator, 1)
+        .await?
+        .is_empty()
+    {
         return Ok(());
     }
     let cert = crate::pki::parse_issued(&pem)?;
@@ -157,69 +161,6 @@ pub async fn recover_admin(
 }
 
 impl Broker {
-    /// The operator a request's client certificate proves: a certificate of the broker's own
-    /// CA (never an external one: a CA trusted for agents, a SPIRE server's say, must not mint
-    /// an operator), recorded by the broker and not revoked.
-    pub(crate) async fn operator(&self, caller: &Caller) -> Result<Operator, ApiError> {
-        let chain = match caller.certs.as_deref() {
-            Some(c) if !c.is_empty() => c.as_slice(),
-            _ => {
-                return Err(ApiError::Unauthenticated(
-                    "the admin API needs an operator client certificate: pass --cert and --key (or --data-dir)".into(),
-                ));
-            }
-        };
-        let id = self
-            .operator_certs
-            .verify(chain, self.now())
-            .map_err(|e| ApiError::Unauthenticated(format!("operator {e}")))?;
-        let Some((role, _name)) = id
-            .spiffe_id
-            .path()
-            .strip_prefix("/operator/")
-            .and_then(|rest| rest.split_once('/'))
-            .and_then(|(role, name)| Some((Role::parse(role)?, name)))
-            .filter(|(_, name)| AgentName::parse(name).is_ok())
-        else {
-            return Err(ApiError::Unauthenticated(format!(
-                "client certificate names no operator of trust domain {}",
-                self.trust_domain
-            )));
-        };
-        if self.revoked_serials.contains(&id.serial) {
-            return Err(ApiError::Unauthenticated(
-                "operator certificate has been revoked".into(),
-            ));
-        }
-        let known = caller
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.operator_certificate_recorded.get().is_some());
-        if !known {
-            match self.store.certificate(&id.serial).await? {
-                Some(r) if r.thumbprint == id.thumbprint && r.revoked_at.is_none() => {
-                    if let Some(c) = &caller.conn {
-                        let _ = c.operator_certificate_recorded.set(());
-                    }
-                }
-                Some(r) if r.revoked_at.is_some() => {
-                    return Err(ApiError::Unauthenticated(
-                        "operator certificate has been revoked".into(),
-                    ));
-                }
-                _ => {
-                    return Err(ApiError::Unauthenticated(
-                        "operator certificate was not issued through this broker: get one with `taskpass operator issue`".into(),
-                    ));
-                }
-            }
-        }
-        Ok(Operator {
-            id: id.spiffe_id.to_string(),
-            role,
-        })
-    }
-
     /// IssueOperatorCertificate.
     pub async fn issue_operator_certificate(
         &self,
@@ -234,41 +175,24 @@ impl Broker {
                 req.role
             ))
         })?;
-        let days = match req.days {
-            0 => DEFAULT_OPERATOR_DAYS,
-            d if d > MAX_OPERATOR_DAYS => {
-                return Err(ApiError::InvalidArgument(format!(
-                    "days {d} is more than {MAX_OPERATOR_DAYS}: operator credentials are short-lived; issue the next one before this one ends"
-                )));
-            }
-            d => d,
-        };
         let subject = crate::pki::operator_id(&self.trust_domain, role, &req.name)
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        let issuer = crate::pki::load_issuer(&self.data_dir).map_err(|e| {
-            tracing::error!(error = %e, "cannot load the CA to issue a certificate");
-            ApiError::Unavailable("the broker cannot use its CA right now".into())
-        })?;
-        let issued = crate::pki::issue_from_csr(&issuer, &subject, &req.csr_pem, days * 24)
-            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        drop(issuer);
-        let record = operator_record(role, &req.name, &self.trust_domain, &issued)
-            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        let mut a = AuditEntry::draft(self.now(), &op.id, "operator.issue");
-        a.detail = format!(
-            "operator={} serial={} not_after={}",
-            record.subject, record.serial, record.not_after
-        );
-        let record = self
-            .store
-            .record_certificate(IssueCertificate {
-                agent: None,
-                record,
-                audit: a,
-            })
+        let holder = CertificateHolder::Operator {
+            name: req.name.clone(),
+            role,
+        };
+        let (record, pem) = self
+            .issue_principal_certificate(
+                &op.id,
+                subject,
+                holder,
+                &req.csr_pem,
+                req.days,
+                "operator.issue",
+            )
             .await?;
         Ok(pb::IssueOperatorCertificateResponse {
-            certificate_pem: issued.pem,
+            certificate_pem: pem,
             serial: record.serial,
             expires_at: record.not_after,
             operator_id: record.subject.to_string(),
@@ -289,7 +213,7 @@ impl Broker {
         };
         Ok(self
             .store
-            .list_operator_certificates(limit)
+            .list_principal_certificates(PrincipalKind::Operator, limit)
             .await?
             .iter()
             .map(cert_to_pb)
@@ -333,27 +257,13 @@ impl Broker {
                 "no live operator certificate for {target:?}"
             )));
         }
-        let mut out = Vec::new();
-        for serial in serials {
-            let mut a = AuditEntry::draft(now, &op.id, "operator.revoke");
-            a.reason = reason.clone();
-            a.detail = format!("serial={serial}");
-            let (record, _) = self
-                .store
-                .revoke_certificate(RevokeCertificate {
-                    serial,
-                    reason: if reason.is_empty() {
-                        "operator_revoked".into()
-                    } else {
-                        reason.clone()
-                    },
-                    now,
-                    audit: a,
-                })
-                .await?;
-            self.revoked_serials.insert(record.serial.clone());
-            out.push(cert_to_pb(&record));
-        }
-        Ok(out)
+        self.revoke_principal_certificates(
+            &op.id,
+            serials,
+            &reason,
+            "operator.revoke",
+            "operator_revoked",
+        )
+        .await
     }
 }

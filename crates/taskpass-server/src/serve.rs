@@ -213,7 +213,7 @@ pub async fn serve(
         .flat_map(|a| a.trust_domains.iter().cloned())
         .collect();
     let agent_certs = Arc::new(taskpass_attest::X509Verifier::new(agent_authorities)?);
-    let operator_certs = Arc::new(taskpass_attest::X509Verifier::new(vec![own()])?);
+    let own_certs = Arc::new(taskpass_attest::X509Verifier::new(vec![own()])?);
     let issuer = config
         .issuer
         .clone()
@@ -234,7 +234,7 @@ pub async fn serve(
         trusted_issuers: config.oidc.iter().map(|o| o.issuer.clone()).collect(),
         x509_trust_domains,
         agent_certs,
-        operator_certs,
+        own_certs,
         revoked_serials: crate::certificates::RevokedSerials::new(
             store.revoked_certificates(clock.now()).await?,
         ),
@@ -246,6 +246,7 @@ pub async fn serve(
             .agent_rate
             .map(|(rps, burst)| crate::ratelimit::RateLimiter::new(rps, burst)),
         refusals: Arc::clone(&refusals),
+        open_revocation_stream: config.validation.open_revocation_stream,
         conns: crate::broker::Connections {
             grpc: Admission::new(
                 "grpc",

@@ -28,8 +28,8 @@ use std::fmt;
 
 use async_trait::async_trait;
 use taskpass_core::{
-    Agent, AgentId, AgentName, AgentState, AuditEntry, Binding, CertificateRecord, RevocationEvent,
-    Task, TaskId, TaskState, TokenId, TokenRecord,
+    Agent, AgentId, AgentName, AgentState, AuditEntry, Binding, CertificateRecord, PrincipalKind,
+    RevocationEvent, Task, TaskId, TaskState, TokenId, TokenRecord,
 };
 use tokio::sync::broadcast;
 
@@ -197,9 +197,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         limit: usize,
     ) -> Result<Vec<CertificateRecord>, StoreError>;
 
-    /// Every operator's certificates, by operator name then serial.
-    async fn list_operator_certificates(
+    /// Every operator's (or every validator's) certificates, by name then serial.
+    async fn list_principal_certificates(
         &self,
+        kind: PrincipalKind,
         limit: usize,
     ) -> Result<Vec<CertificateRecord>, StoreError>;
 
@@ -209,8 +210,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         revoke: RevokeCertificate,
     ) -> Result<(CertificateRecord, RevocationEvent), StoreError>;
 
-    /// The serials of revoked certificates that have not expired at `now`.
-    async fn revoked_certificates(&self, now: i64) -> Result<Vec<String>, StoreError>;
+    /// The revoked certificates that have not expired at `now`.
+    async fn revoked_certificates(&self, now: i64) -> Result<Vec<CertificateRecord>, StoreError>;
 
     /// Records a new task, after checking that its agent is still active.
     async fn create_task(&self, task: Task, audit: AuditDraft) -> Result<Task, StoreError>;

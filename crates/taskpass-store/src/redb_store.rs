@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use taskpass_core::{
     Agent, AgentId, AgentName, AgentState, AuditEntry, AuditOutcome, Binding, CertificateRecord,
-    GENESIS_HASH, RevocationEvent, RevocationKind, Task, TaskId, TaskState, TokenId, TokenRecord,
-    verify_chain,
+    GENESIS_HASH, PrincipalKind, RevocationEvent, RevocationKind, Task, TaskId, TaskState, TokenId,
+    TokenRecord, verify_chain,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -790,6 +790,7 @@ fn apply(
                             revoked_at: c.now,
                             not_after: c.now + i64::from(c.max_ttl_seconds),
                             reason: reason.to_owned(),
+                            thumbprint: String::new(),
                         },
                     )?;
                 }
@@ -944,6 +945,7 @@ fn apply(
                     revoked_at: *now,
                     not_after: token.expires_at,
                     reason: reason.clone(),
+                    thumbprint: String::new(),
                 },
             )?;
             append_audit(t, heads, audit.clone())?;
@@ -1100,6 +1102,7 @@ fn revoke_certificate_in(
             revoked_at: now,
             not_after: cert.not_after,
             reason: reason.to_owned(),
+            thumbprint: cert.thumbprint.clone(),
         },
     )
 }
@@ -1190,6 +1193,7 @@ fn end_task_in(
             revoked_at: now,
             not_after: not_after.min(task.expires_at.max(now)),
             reason: reason.to_owned(),
+            thumbprint: String::new(),
         },
     )?;
     Ok(EndedTask {
@@ -1312,12 +1316,15 @@ impl Store for RedbStore {
         self.read(|txn| certificates_in(txn, (holder, "")..(holder, "~"), limit))
     }
 
-    async fn list_operator_certificates(
+    async fn list_principal_certificates(
         &self,
+        kind: PrincipalKind,
         limit: usize,
     ) -> Result<Vec<CertificateRecord>, StoreError> {
-        // "operator;" sorts right after every "operator:<name>".
-        self.read(|txn| certificates_in(txn, ("operator:", "")..("operator;", ""), limit))
+        // "<kind>;" sorts right after every "<kind>:<name>".
+        let lo = format!("{}:", kind.as_str());
+        let hi = format!("{};", kind.as_str());
+        self.read(move |txn| certificates_in(txn, (lo.as_str(), "")..(hi.as_str(), ""), limit))
     }
 
     async fn revoke_certificate(
@@ -1327,14 +1334,14 @@ impl Store for RedbStore {
         expect_outcome!(self.submit(Command::RevokeCertificate(revoke)).await, Outcome::RevokedCertificate(c, e) => (c, e))
     }
 
-    async fn revoked_certificates(&self, now: i64) -> Result<Vec<String>, StoreError> {
+    async fn revoked_certificates(&self, now: i64) -> Result<Vec<CertificateRecord>, StoreError> {
         self.read(|txn| {
             let mut out = Vec::new();
             for row in txn.open_table(CERTIFICATES)?.iter()? {
                 let (_, v) = row?;
                 let c: CertificateRecord = decode("certificate", v.value())?;
                 if c.revoked_at.is_some() && c.not_after > now {
-                    out.push(c.serial);
+                    out.push(c);
                 }
             }
             Ok(out)

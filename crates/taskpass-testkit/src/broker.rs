@@ -226,8 +226,14 @@ ca_file = "{ca}"
         Ok(AgentServiceClient::new(self.channel(false).await?))
     }
 
-    /// A validators' client (no client certificate).
+    /// A validators' client with the bootstrap admin credential (an operator may introspect
+    /// and follow revocations too).
     pub async fn validation(&self) -> anyhow::Result<ValidationServiceClient<Channel>> {
+        Ok(ValidationServiceClient::new(self.channel(true).await?))
+    }
+
+    /// A validators' client without a client certificate (to test that it is refused).
+    pub async fn validation_anonymous(&self) -> anyhow::Result<ValidationServiceClient<Channel>> {
         Ok(ValidationServiceClient::new(self.channel(false).await?))
     }
 
