@@ -10,4 +10,6 @@ if ! python3 -c 'import jwt, cryptography' 2>/dev/null; then
 fi
 
 cargo build --workspace --bins --locked
+# The validator SDK without its live half (offline verification only) builds on its own.
+cargo check -p taskpass-verify --no-default-features --locked
 cargo test --workspace --locked

@@ -168,6 +168,28 @@ ca_file = "{ca}"
         Ok(())
     }
 
+    /// Rewrites the configuration to listen on the ports this start got, so that a
+    /// [`TestBroker::restart`] comes back at the same addresses (clients reconnect to it).
+    pub fn pin_ports(&self) -> anyhow::Result<()> {
+        let path = self.config_path();
+        let text = std::fs::read_to_string(&path)?;
+        let grpc = self.grpc_url.trim_start_matches("https://");
+        let http = self.http_url.trim_start_matches("https://");
+        let text = text
+            .replacen(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"{grpc}\""),
+                1,
+            )
+            .replacen(
+                "http_listen = \"127.0.0.1:0\"",
+                &format!("http_listen = \"{http}\""),
+                1,
+            );
+        std::fs::write(path, text)?;
+        Ok(())
+    }
+
     /// The data dir.
     pub fn data_dir(&self) -> &Path {
         &self.dir

@@ -67,6 +67,24 @@ pub enum VerifyError {
     /// The DPoP proof's `jti` was seen before: a replay.
     #[error("DPoP proof was already used")]
     ReplayedProof,
+    /// The token is revoked: by itself, its task, its agent or the certificate it is bound
+    /// to. The reason, in introspection's vocabulary (`revoked`, `task_completed`,
+    /// `agent_offboarded`, `certificate_revoked`, ...).
+    #[error("token is revoked ({0})")]
+    Revoked(&'static str),
+    /// The verifier follows revocations live and has not heard from the broker within its
+    /// staleness budget: it cannot tell whether the token was revoked, so it refuses it.
+    #[error(
+        "revocation state is stale: the broker's revocation stream has been unreachable beyond the staleness budget"
+    )]
+    Stale,
+    /// The broker's introspection (the fallback while the stream is down) says the token is
+    /// not active, for this reason.
+    #[error("token is not active ({0})")]
+    Inactive(&'static str),
+    /// The broker could not be asked (fallback introspection, key refresh): why.
+    #[error("the broker is unavailable: {0}")]
+    Unavailable(String),
     /// The JWKS could not be used: why (never key material).
     #[error("invalid key set: {0}")]
     InvalidKeySet(String),
@@ -89,6 +107,10 @@ impl VerifyError {
     /// | `wrong_holder` | `WrongHolder` |
     /// | `invalid_dpop_proof` | `InvalidProof` |
     /// | `replayed_dpop_proof` | `ReplayedProof` |
+    /// | `revoked`, `task_completed`, `task_expired`, `task_revoked`, `agent_offboarded`, `agent_suspended`, `agent_revoked`, `certificate_revoked` | `Revoked` |
+    /// | `revocations_stale` | `Stale` |
+    /// | the broker's `inactive_reason` | `Inactive` |
+    /// | `broker_unavailable` | `Unavailable` |
     /// | `invalid_key_set` | `InvalidKeySet` (never returned by verification) |
     pub fn reason(&self) -> &'static str {
         match self {
@@ -109,6 +131,9 @@ impl VerifyError {
             Self::WrongHolder => "wrong_holder",
             Self::InvalidProof(_) => "invalid_dpop_proof",
             Self::ReplayedProof => "replayed_dpop_proof",
+            Self::Revoked(reason) | Self::Inactive(reason) => reason,
+            Self::Stale => "revocations_stale",
+            Self::Unavailable(_) => "broker_unavailable",
             Self::InvalidKeySet(_) => "invalid_key_set",
         }
     }

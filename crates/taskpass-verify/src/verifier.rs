@@ -40,10 +40,12 @@ pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 86_400;
 pub struct Verifier {
     issuer: String,
     leeway: u64,
-    keys: RwLock<Arc<KeySet>>,
+    keys: Arc<RwLock<Arc<KeySet>>>,
     dpop_window: i64,
     replays: crate::dpop::ReplayCache,
     max_lifetime: u64,
+    #[cfg(feature = "live")]
+    live: Option<crate::live::LiveHandle>,
 }
 
 impl Verifier {
@@ -58,10 +60,77 @@ impl Verifier {
         Self {
             issuer: issuer.into(),
             leeway: DEFAULT_LEEWAY_SECS,
-            keys: RwLock::new(Arc::new(keys)),
+            keys: Arc::new(RwLock::new(Arc::new(keys))),
             dpop_window: crate::dpop::DEFAULT_PROOF_WINDOW_SECS,
             replays: crate::dpop::ReplayCache::new(crate::dpop::DEFAULT_REPLAY_CACHE),
             max_lifetime: DEFAULT_MAX_LIFETIME_SECS,
+            #[cfg(feature = "live")]
+            live: None,
+        }
+    }
+
+    /// A verifier that follows the broker live: it fetches the keys over gRPC (again on a
+    /// timer and on an unknown `kid`), follows WatchRevocations with its validator credential
+    /// and refuses revoked tokens within the stream's latency, and refuses every token once it
+    /// has not heard from the broker for longer than the staleness budget (or introspects
+    /// them, see [`Fallback`](crate::Fallback)). Returns once the stream has caught up.
+    ///
+    /// Must be called within a Tokio runtime; the background tasks stop when the verifier is
+    /// dropped.
+    #[cfg(feature = "live")]
+    pub async fn connect(config: crate::LiveConfig) -> Result<Arc<Self>, VerifyError> {
+        let (live, keys, _) = crate::live::start(&config).await?;
+        let mut v = Self::new(config.issuer.clone(), keys);
+        crate::live::spawn_key_refresh(&live, Arc::clone(&v.keys), config.key_refresh);
+        v.live = Some(crate::live::LiveHandle(live));
+        Ok(Arc::new(v))
+    }
+
+    /// Where the live revocation state stands (`None` for an offline verifier).
+    #[cfg(feature = "live")]
+    pub fn revocation_status(&self) -> Option<crate::RevocationStatus> {
+        self.live.as_ref().map(|l| l.0.status())
+    }
+
+    /// The live state as Prometheus text (empty for an offline verifier): serve it from the
+    /// API's `/metrics` and alert on `taskpass_verifier_revocations_current == 0`.
+    #[cfg(feature = "live")]
+    pub fn metrics_text(&self) -> String {
+        self.revocation_status()
+            .map(|s| crate::live::metrics_text(&s))
+            .unwrap_or_default()
+    }
+
+    /// Verifies a request's token like [`Verifier::verify_held`], and may wait on the broker
+    /// to do better: on an unknown `kid` it fetches the keys again (rate-limited) and retries,
+    /// and while the revocation state is stale with [`Fallback::Introspect`](crate::Fallback)
+    /// it asks Introspect. What the middleware calls.
+    #[cfg(feature = "live")]
+    pub async fn verify_request(
+        &self,
+        token: &str,
+        audience: &str,
+        holder: Holder<'_>,
+    ) -> Result<VerifiedToken, VerifyError> {
+        let now = SystemClock.now();
+        let verified = match self.verify_offline(token, audience, holder, now) {
+            Err(VerifyError::UnknownKey) => match &self.live {
+                Some(live) if live.0.refresh_keys().await => {
+                    self.verify_offline(token, audience, holder, SystemClock.now())?
+                }
+                _ => return Err(VerifyError::UnknownKey),
+            },
+            other => other?,
+        };
+        let Some(live) = &self.live else {
+            return Ok(verified);
+        };
+        match live.0.check(&verified.claims) {
+            Err(VerifyError::Stale) if live.0.fallback() == crate::Fallback::Introspect => {
+                live.0.introspect(token).await?;
+                Ok(verified)
+            }
+            other => other.map(|()| verified),
         }
     }
 
@@ -139,6 +208,30 @@ impl Verifier {
 
     /// [`Verifier::verify_held`] as if the time were `now` (Unix seconds).
     pub fn verify_held_at(
+        &self,
+        token: &str,
+        audience: &str,
+        holder: Holder<'_>,
+        now: i64,
+    ) -> Result<VerifiedToken, VerifyError> {
+        let verified = self.verify_offline(token, audience, holder, now);
+        #[cfg(feature = "live")]
+        if let Some(live) = &self.live {
+            let verified = match verified {
+                Err(VerifyError::UnknownKey) => {
+                    live.0.want_keys();
+                    return Err(VerifyError::UnknownKey);
+                }
+                other => other?,
+            };
+            live.0.check(&verified.claims)?;
+            return Ok(verified);
+        }
+        verified
+    }
+
+    /// Every check but revocation.
+    fn verify_offline(
         &self,
         token: &str,
         audience: &str,
