@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use taskpass_core::SystemClock;
 use taskpass_proto::v1 as pb;
 use taskpass_server::ConfigFile;
-use taskpass_testkit::{DevIssuer, https_get};
+use taskpass_testkit::{DevIssuer, http_get, https_get};
 use tokio_stream::StreamExt;
 
 use crate::Output;
@@ -268,6 +268,48 @@ ca_file = "{}"
         json!({"offline": "valid", "introspect_active": intro.active}),
     );
 
+    // The downstream API itself: the example service, behind the taskpass-verify layer, with
+    // a verifier that follows the broker's revocation stream with the validator credential.
+    let live = taskpass_verify::Verifier::connect(taskpass_verify::LiveConfig::new(
+        grpc_url.clone(),
+        broker.issuer.clone(),
+        ca.clone(),
+        added.certificate_pem.clone(),
+        validator_key.clone(),
+    ))
+    .await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let api_url = format!("http://{}/tickets", listener.local_addr()?);
+    let api =
+        tokio::spawn(
+            async move { axum::serve(listener, protected_api::app(live, AUDIENCE)).await },
+        );
+    let bearer = format!("Bearer {}", issued.access_token);
+    let served = http_get(&api_url, &[("authorization", &bearer)]).await?;
+    ensure!(
+        served.status == 200,
+        "the protected API should serve a live token, answered {}: {}",
+        served.status,
+        served.body
+    );
+    let anonymous = http_get(&api_url, &[]).await?;
+    story.step(
+        "The agent calls the protected API (examples/protected-api) with its token",
+        &[
+            format!("GET {api_url} with the token: {}", served.status),
+            format!(
+                "without it: {} WWW-Authenticate: {}",
+                anonymous.status,
+                anonymous
+                    .headers
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+            ),
+        ],
+        json!({"api": api_url, "status": served.status, "anonymous_status": anonymous.status}),
+    );
+
     let mut watch = validator
         .watch_revocations(pb::WatchRevocationsRequest {
             after_sequence: 0,
@@ -282,6 +324,20 @@ ca_file = "{}"
         })
         .await?
         .into_inner();
+    let completed = std::time::Instant::now();
+    let refused = loop {
+        let answer = http_get(&api_url, &[("authorization", &bearer)]).await?;
+        if answer.status == 401 {
+            break answer;
+        }
+        ensure!(
+            completed.elapsed() < std::time::Duration::from_secs(1),
+            "the protected API still served the token 1 s after the task completed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    };
+    let refused_after = completed.elapsed();
+    api.abort();
     let event = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next())
         .await
         .context("no revocation event within 5 s")?
@@ -299,8 +355,19 @@ ca_file = "{}"
                 event.id,
                 event.reason
             ),
+            format!(
+                "the protected API refuses the token {:.1} ms later: {} {}",
+                refused_after.as_secs_f64() * 1000.0,
+                refused.status,
+                refused
+                    .headers
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+            ),
         ],
-        json!({"revoked_tokens": done.revoked_tokens, "event_sequence": event.sequence}),
+        json!({"revoked_tokens": done.revoked_tokens, "event_sequence": event.sequence,
+               "api_refused_after_ms": refused_after.as_secs_f64() * 1000.0}),
     );
 
     let intro = validator

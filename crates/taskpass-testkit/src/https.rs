@@ -38,3 +38,40 @@ pub async fn https_get(url: &str, ca_pem: &str) -> anyhow::Result<(u16, String)>
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
+
+/// What [`http_get`] got back.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The headers.
+    pub headers: http::HeaderMap,
+    /// The body, as text.
+    pub body: String,
+}
+
+/// GETs a plain `http://host:port/path` on loopback with these extra headers.
+pub async fn http_get(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<HttpAnswer> {
+    let uri: hyper::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
+    let host = uri.host().context("URL has no host")?.to_owned();
+    let port = uri.port_u16().unwrap_or(80);
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(hyper::header::HOST, format!("{host}:{port}"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = sender
+        .send_request(req.body(Empty::<bytes::Bytes>::new())?)
+        .await?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(HttpAnswer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}

@@ -40,6 +40,8 @@ mod error;
 mod keys;
 #[cfg(feature = "live")]
 mod live;
+#[cfg(feature = "tower")]
+pub mod middleware;
 #[cfg(feature = "live")]
 mod revocations;
 mod verifier;
