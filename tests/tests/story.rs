@@ -111,11 +111,21 @@ async fn whole_story() {
             "jti",
             "nbf",
             "scope",
+            "status",
             "sub",
             "txn"
         ]
     );
     assert_eq!(claims["iss"], BROKER_ISSUER);
+    let status = &claims["status"]["status_list"];
+    assert!(status["idx"].is_u64(), "{status}");
+    assert!(
+        status["uri"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{BROKER_ISSUER}/statuslists/")),
+        "{status}"
+    );
     assert_eq!(claims["aud"], API);
     assert_eq!(claims["scope"], "read write");
 

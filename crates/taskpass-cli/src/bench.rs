@@ -60,6 +60,17 @@ pub struct BenchArgs {
     /// operator's RevokeTask), spread over --concurrency workers.
     #[arg(long, default_value_t = 100.0)]
     pub soak_rate: f64,
+    /// Instead of the IssueToken benchmarks, measure what validators see: verify() against
+    /// raw Ed25519 verification (for --sign-seconds each), revocation propagation to a live
+    /// verifier, and fan-out to many revocation streams.
+    #[arg(long)]
+    pub validators: bool,
+    /// Task completions timed for the propagation figure (--validators).
+    #[arg(long, default_value_t = 1000)]
+    pub revocations: usize,
+    /// Revocation streams held open for the fan-out figure (--validators).
+    #[arg(long, default_value_t = 1000)]
+    pub streams: usize,
 }
 
 struct Run {
@@ -304,6 +315,8 @@ fn raw_signing_rate(seconds: f64) -> anyhow::Result<f64> {
                 issued_at: 1,
                 expires_at: 2,
                 revoked_at: None,
+                status_index: None,
+                certificate: None,
             };
             let claims = AccessClaims::for_record("https://bench", &record, None);
             let _ = std::hint::black_box(keys.sign(&claims));
@@ -361,6 +374,19 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
         args.rate.is_finite() && args.rate >= 0.0,
         "--rate must be a number of calls per second, or 0 to skip the paced run"
     );
+    if args.validators {
+        ensure!(
+            args.revocations > 0 && args.streams > 0,
+            "--revocations and --streams must be at least 1"
+        );
+        return crate::bench_validators::run(
+            args.revocations,
+            args.streams,
+            args.sign_seconds,
+            output,
+        )
+        .await;
+    }
     if args.soak > 0 {
         return crate::soak::run(args.soak, args.soak_rate, args.concurrency, output).await;
     }

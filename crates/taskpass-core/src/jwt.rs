@@ -320,6 +320,11 @@ fn access_claims(map: Map<String, Value>) -> Result<AccessClaims, ProfileError> 
     {
         return Err(ProfileError::InvalidClaim("cnf"));
     }
+    if let Some(status) = map.get("status")
+        && serde_json::from_value::<crate::TokenStatus>(status.clone()).is_err()
+    {
+        return Err(ProfileError::InvalidClaim("status"));
+    }
     let claims: AccessClaims =
         serde_json::from_value(Value::Object(map)).map_err(|_| ProfileError::Malformed)?;
     // A token that can never be valid was not issued by a working broker.

@@ -22,6 +22,7 @@ pub mod jwt;
 mod operator;
 mod policy;
 mod revocation;
+mod revocation_set;
 mod scope;
 mod task;
 mod token;
@@ -41,9 +42,10 @@ pub use policy::{
     decide_start_task,
 };
 pub use revocation::{RevocationEvent, RevocationKind};
+pub use revocation_set::{RevocationSet, known_reason};
 pub use scope::{Audience, Purpose, Scope, ScopeSet, limits as input_limits};
 pub use task::{Task, TaskState};
 pub use token::{
-    AccessClaims, Actor, Confirmation, TokenRecord, certificate_thumbprint, is_thumbprint,
-    sha256_b64url,
+    AccessClaims, Actor, Confirmation, STATUS_LIST_SIZE, StatusListRef, TokenRecord, TokenStatus,
+    certificate_thumbprint, is_thumbprint, sha256_b64url,
 };

@@ -22,6 +22,49 @@ pub struct TokenRecord {
     pub expires_at: i64,
     /// When an operator revoked this one token.
     pub revoked_at: Option<i64>,
+    /// Its position in the broker's status lists: list `i / STATUS_LIST_SIZE`, index
+    /// `i % STATUS_LIST_SIZE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_index: Option<u64>,
+    /// The `x5t#S256` of the certificate it is bound to (`cnf`), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+}
+
+/// How many tokens one status list holds: 16,384 bits, 2 KiB before compression. A list is
+/// filled once and never reused; it can be dropped when the last token in it has expired.
+pub const STATUS_LIST_SIZE: u64 = 16_384;
+
+/// The `status` claim (draft-ietf-oauth-status-list): where a validator finds the token's
+/// status without asking the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenStatus {
+    /// The Token Status List mechanism.
+    pub status_list: StatusListRef,
+}
+
+/// `status.status_list`: the index of the token in the list at `uri`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusListRef {
+    /// The token's index in the list.
+    pub idx: u64,
+    /// The list's URL (the `sub` of the Status List Token served there).
+    pub uri: String,
+}
+
+impl TokenStatus {
+    /// The claim for the token at global status index `index`, lists served under `base`
+    /// (`https://broker/statuslists`).
+    pub fn at(base: &str, index: u64) -> Self {
+        Self {
+            status_list: StatusListRef {
+                idx: index % STATUS_LIST_SIZE,
+                uri: format!("{base}/{}", index / STATUS_LIST_SIZE),
+            },
+        }
+    }
 }
 
 /// The `act` claim: who is acting when the token's subject is a user (RFC 8693 §4.1).
@@ -154,6 +197,9 @@ pub struct AccessClaims {
     /// Confirmation (RFC 7800): present when the token is bound to a certificate or key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// Where its status is published (draft-ietf-oauth-status-list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TokenStatus>,
 }
 
 impl AccessClaims {
@@ -177,6 +223,7 @@ impl AccessClaims {
             txn: record.task.to_string(),
             act,
             cnf: None,
+            status: None,
         }
     }
 

@@ -58,6 +58,8 @@ pub struct Broker {
     pub(crate) conns: Connections,
     /// `[validation] open_revocation_stream`: anyone may follow WatchRevocations.
     pub(crate) open_revocation_stream: bool,
+    /// The token status lists.
+    pub(crate) status: crate::status::StatusLists,
 }
 
 /// The caps on what clients hold open.
@@ -703,7 +705,7 @@ impl Broker {
                 return Err(self.deny(&agent, "issue_token", &task_id, d.into()).await);
             }
         };
-        let record = TokenRecord {
+        let mut record = TokenRecord {
             id: TokenId::from_ulid(ulid::Ulid::new()),
             task: task.id,
             agent: agent.id.clone(),
@@ -712,12 +714,20 @@ impl Broker {
             issued_at: grant.issued_at,
             expires_at: grant.expires_at,
             revoked_at: None,
+            status_index: None,
+            certificate: match &cnf {
+                Some(Confirmation::Certificate(t)) => Some(t.clone()),
+                _ => None,
+            },
         };
+        let (index, status) = self.status.allocate();
+        record.status_index = Some(index);
         let mut claims =
             AccessClaims::for_record(&self.issuer, &record, task.on_behalf_of.as_deref());
         // RFC 8705: a token issued under mTLS attestation is bound to that certificate; RFC
         // 9449: one asked for with a DPoP key thumbprint is bound to that key.
         claims.cnf = cnf;
+        claims.status = Some(status);
         let access_token = self.keys.sign(&claims)?;
         let mut a = AuditEntry::draft(now, agent.id.as_str(), "issue_token");
         a.reason = "task_grant".into();
@@ -810,6 +820,14 @@ impl Broker {
         self.require_active(&agent, "get_task", &task.id.to_string())
             .await?;
         Ok(task_to_pb(&task, self.now()))
+    }
+
+    /// The signed status list `n` (`GET /statuslists/{n}`), `None` when there is none.
+    pub async fn status_list(&self, n: u64) -> Result<Option<String>, ApiError> {
+        Ok(self
+            .status
+            .signed(n, &*self.store, &self.keys, &self.issuer, self.now())
+            .await?)
     }
 
     /// Introspect: never an error for a bad token, only `active: false` with a reason. A

@@ -15,6 +15,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route("/statuslists/{n}", get(status_list))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(broker)
@@ -28,6 +29,38 @@ async fn jwks(State(b): State<Arc<Broker>>) -> impl IntoResponse {
         ],
         b.jwks_json(),
     )
+}
+
+async fn status_list(
+    State(b): State<Arc<Broker>>,
+    axum::extract::Path(n): axum::extract::Path<String>,
+) -> axum::response::Response {
+    let not_found = || (StatusCode::NOT_FOUND, "no such status list\n").into_response();
+    // Canonical decimal only: one URL per list.
+    let Some(n) = n.parse::<u64>().ok().filter(|v| v.to_string() == n) else {
+        return not_found();
+    };
+    match b.status_list(n).await {
+        Ok(Some(jwt)) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    "application/statuslist+jwt".to_owned(),
+                ),
+                (
+                    header::CACHE_CONTROL,
+                    format!("public, max-age={}", crate::status::STATUS_LIST_TTL),
+                ),
+            ],
+            jwt,
+        )
+            .into_response(),
+        Ok(None) => not_found(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build a status list");
+            (StatusCode::SERVICE_UNAVAILABLE, "status list unavailable\n").into_response()
+        }
+    }
 }
 
 async fn metadata(State(b): State<Arc<Broker>>) -> impl IntoResponse {

@@ -151,6 +151,22 @@ impl KeyRing {
         Ok(out)
     }
 
+    /// Signs any JSON claims with the active key under header `typ` (a status list, say).
+    pub fn sign_json(
+        &self,
+        typ: &str,
+        claims: &serde_json::Value,
+    ) -> Result<String, serde_json::Error> {
+        let header = json!({"alg": "EdDSA", "typ": typ, "kid": self.active.kid});
+        let mut out = B64.encode(serde_json::to_vec(&header)?);
+        out.push('.');
+        B64.encode_string(serde_json::to_vec(claims)?, &mut out);
+        let sig = self.active.pair.sign(out.as_bytes());
+        out.push('.');
+        B64.encode_string(sig.as_ref(), &mut out);
+        Ok(out)
+    }
+
     /// The public keys as a JWKS document.
     pub fn jwks_json(&self) -> String {
         let keys: Vec<_> = self
@@ -207,6 +223,7 @@ mod tests {
             txn: "task_1".into(),
             act: None,
             cnf: None,
+            status: None,
         }
     }
 

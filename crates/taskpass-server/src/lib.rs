@@ -28,6 +28,7 @@ mod principals;
 mod ratelimit;
 mod refusals;
 mod serve;
+mod status;
 mod tls;
 mod validators;
 

@@ -247,6 +247,7 @@ pub async fn serve(
             .map(|(rps, burst)| crate::ratelimit::RateLimiter::new(rps, burst)),
         refusals: Arc::clone(&refusals),
         open_revocation_stream: config.validation.open_revocation_stream,
+        status: crate::status::StatusLists::new(&issuer, store.last_status_index().await?),
         conns: crate::broker::Connections {
             grpc: Admission::new(
                 "grpc",

@@ -83,6 +83,8 @@ async fn main() {
                 issued_at: 1_700_000_001,
                 expires_at: 3_999_999_999,
                 revoked_at: None,
+                status_index: None,
+                certificate: None,
             };
             store
                 .record_token(

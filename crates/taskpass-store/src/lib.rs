@@ -235,6 +235,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Records an issued token, after checking that its agent is active and its task open.
     async fn record_token(&self, token: TokenRecord, audit: AuditDraft) -> Result<(), StoreError>;
 
+    /// The tokens holding status-list positions `from..to`, by position.
+    async fn status_entries(&self, from: u64, to: u64) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// The highest status-list position given to a token, if any.
+    async fn last_status_index(&self) -> Result<Option<u64>, StoreError>;
+
     /// The token record with this id.
     async fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError>;
 

@@ -294,6 +294,7 @@ fn init_schema(db: &Database) -> Result<Heads, StoreError> {
         txn.open_table(AUDIT)?;
         txn.open_table(CERTIFICATES)?;
         txn.open_table(CERTIFICATES_BY_HOLDER)?;
+        txn.open_table(STATUS_INDEX)?;
     }
     let heads = {
         let audit = txn.open_table(AUDIT)?;
@@ -438,6 +439,7 @@ struct Tables<'t> {
     audit: Table<'t, u64, &'static [u8]>,
     certificates: Table<'t, &'static str, &'static [u8]>,
     certificates_by_holder: Table<'t, (&'static str, &'static str), ()>,
+    status_index: Table<'t, u64, &'static str>,
 }
 
 impl<'t> Tables<'t> {
@@ -454,6 +456,7 @@ impl<'t> Tables<'t> {
             audit: txn.open_table(AUDIT)?,
             certificates: txn.open_table(CERTIFICATES)?,
             certificates_by_holder: txn.open_table(CERTIFICATES_BY_HOLDER)?,
+            status_index: txn.open_table(STATUS_INDEX)?,
         })
     }
 }
@@ -908,10 +911,21 @@ fn apply(
                 )));
             }
             let id = token.id.to_string();
+            if let Some(i) = token.status_index
+                && t.status_index.get(i)?.is_some()
+            {
+                // A position is given once: a second token there would share its status.
+                return Err(StoreError::Precondition(format!(
+                    "status index {i} is taken"
+                )));
+            }
             t.tokens
                 .insert(id.as_str(), encode("token", token)?.as_slice())?;
             t.tokens_by_task
                 .insert((task_id.as_str(), id.as_str()), ())?;
+            if let Some(i) = token.status_index {
+                t.status_index.insert(i, id.as_str())?;
+            }
             append_audit(t, heads, audit.clone())?;
             Ok(Outcome::Done)
         }
@@ -1393,6 +1407,33 @@ impl Store for RedbStore {
 
     async fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
         self.read(|txn| get_json(&txn.open_table(TOKENS)?, "token", &id.to_string()))
+    }
+
+    async fn status_entries(&self, from: u64, to: u64) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read(|txn| {
+            let index = txn.open_table(STATUS_INDEX)?;
+            let tokens = txn.open_table(TOKENS)?;
+            let mut out = Vec::new();
+            for row in index.range(from..to)? {
+                let (_, id) = row?;
+                let token: TokenRecord =
+                    get_json(&tokens, "token", id.value())?.ok_or_else(|| StoreError::Corrupt {
+                        what: "status_index",
+                        detail: format!("names missing token {}", id.value()),
+                    })?;
+                out.push(token);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn last_status_index(&self) -> Result<Option<u64>, StoreError> {
+        self.read(|txn| {
+            Ok(txn
+                .open_table(STATUS_INDEX)?
+                .last()?
+                .map(|(k, _)| k.value()))
+        })
     }
 
     async fn list_tokens(

@@ -37,6 +37,9 @@ pub(crate) const CERTIFICATES: TableDefinition<&str, &[u8]> = TableDefinition::n
 pub(crate) const CERTIFICATES_BY_HOLDER: TableDefinition<(&str, &str), ()> =
     TableDefinition::new("certificates_by_holder");
 /// Sequence → RevocationEvent.
+/// Status-list index → token id: which token holds each position of the status lists.
+pub(crate) const STATUS_INDEX: TableDefinition<u64, &str> = TableDefinition::new("status_index");
+
 pub(crate) const REVOCATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("revocations");
 /// Sequence → AuditEntry.
 pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");

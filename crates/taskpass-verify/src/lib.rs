@@ -42,8 +42,6 @@ mod keys;
 mod live;
 #[cfg(feature = "tower")]
 pub mod middleware;
-#[cfg(feature = "live")]
-mod revocations;
 mod verifier;
 
 pub use dpop::{DEFAULT_PROOF_WINDOW_SECS, DEFAULT_REPLAY_CACHE, DpopRequest, MAX_PROOF_BYTES};
@@ -54,8 +52,7 @@ pub use live::{
     DEFAULT_STALENESS_BUDGET, Fallback, INTROSPECT_CACHE_ENTRIES, INTROSPECT_CACHE_TTL, LiveConfig,
     MIN_KEY_REFETCH, RevocationStatus,
 };
-#[cfg(feature = "live")]
-pub use revocations::RevokedKind;
+
 pub use verifier::{
     DEFAULT_LEEWAY_SECS, DEFAULT_MAX_LIFETIME_SECS, Holder, MAX_TOKEN_BYTES, VerifiedToken,
     Verifier,

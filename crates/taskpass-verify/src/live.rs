@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 
 use crate::error::VerifyError;
 use crate::keys::KeySet;
-use crate::revocations::{Revocations, RevokedKind, known_reason};
+use taskpass_core::{RevocationKind, RevocationSet, known_reason};
 
 type Client = pb::validation_service_client::ValidationServiceClient<Channel>;
 
@@ -154,7 +154,7 @@ pub(crate) struct Live {
     client: Client,
     budget: Duration,
     fallback: Fallback,
-    revocations: RwLock<Revocations>,
+    revocations: RwLock<RevocationSet>,
     cursor: AtomicU64,
     start: Instant,
     /// Milliseconds after `start` when the broker was last heard from; 0 = never.
@@ -247,6 +247,7 @@ impl Live {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .check(claims)
+            .map_err(VerifyError::Revoked)
     }
 
     pub(crate) fn fallback(&self) -> Fallback {
@@ -328,10 +329,10 @@ impl Live {
                 self.heard();
                 return;
             }
-            Ok(pb::RevocationKind::Token) => Some(RevokedKind::Token),
-            Ok(pb::RevocationKind::Task) => Some(RevokedKind::Task),
-            Ok(pb::RevocationKind::Agent) => Some(RevokedKind::Agent),
-            Ok(pb::RevocationKind::Certificate) => Some(RevokedKind::Certificate),
+            Ok(pb::RevocationKind::Token) => Some(RevocationKind::Token),
+            Ok(pb::RevocationKind::Task) => Some(RevocationKind::Task),
+            Ok(pb::RevocationKind::Agent) => Some(RevocationKind::Agent),
+            Ok(pb::RevocationKind::Certificate) => Some(RevocationKind::Certificate),
             // A kind this SDK does not know: it covers nothing we can check.
             Err(_) => None,
         };
@@ -340,17 +341,19 @@ impl Live {
         }
         if let Some(kind) = kind {
             // A certificate revocation names the serial; bound tokens carry the thumbprint.
-            let id = match kind {
-                RevokedKind::Certificate => ev.thumbprint.clone(),
-                _ => ev.id.clone(),
+            let event = taskpass_core::RevocationEvent {
+                sequence: ev.sequence,
+                kind,
+                id: ev.id.clone(),
+                revoked_at: ev.revoked_at,
+                not_after: ev.not_after,
+                reason: ev.reason.clone(),
+                thumbprint: ev.thumbprint.clone(),
             };
-            let now = SystemClock.now();
-            let mut r = self
-                .revocations
+            self.revocations
                 .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            r.prune(now);
-            r.insert(kind, id, ev.revoked_at, ev.not_after, &ev.reason, now);
+                .unwrap_or_else(PoisonError::into_inner)
+                .apply(&event, SystemClock.now());
         }
         self.cursor.store(ev.sequence, Ordering::Release);
         if *caught_up {
@@ -386,7 +389,7 @@ fn inactive_reason(reason: &str) -> &'static str {
         .iter()
         .find(|k| **k == reason)
         .copied()
-        .unwrap_or_else(|| known_reason(RevokedKind::Token, reason))
+        .unwrap_or_else(|| known_reason(RevocationKind::Token, reason))
 }
 
 /// Connects, fetches the keys and starts following; returns once the stream has caught up.
@@ -407,7 +410,7 @@ pub(crate) async fn start(
         client,
         budget: config.staleness_budget,
         fallback: config.fallback,
-        revocations: RwLock::new(Revocations::default()),
+        revocations: RwLock::new(RevocationSet::default()),
         cursor: AtomicU64::new(0),
         start: Instant::now(),
         heard_ms: AtomicU64::new(0),

@@ -59,6 +59,8 @@ fn token(task: &Task, now: i64, ttl: i64) -> TokenRecord {
         issued_at: now,
         expires_at: now + ttl,
         revoked_at: None,
+        status_index: None,
+        certificate: None,
     }
 }
 

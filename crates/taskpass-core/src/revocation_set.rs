@@ -1,27 +1,13 @@
-//! What a validator knows has been revoked: token ids, tasks, agents and certificate
-//! thumbprints, each kept until its `not_after` (after which no token it covers can be valid)
-//! and then forgotten, so memory is bounded by what is still live. Offboarding an agent with
-//! 100,000 live tokens is one entry.
+//! What is known to be revoked: token ids, tasks, agents and certificate thumbprints, each
+//! kept until its `not_after` (after which no token it covers can be valid) and then
+//! forgotten, so memory is bounded by what is still live. Offboarding an agent with 100,000
+//! live tokens is one entry. Validators (the SDK) and the broker's status lists both read
+//! the revocation log into one.
 
 use std::collections::HashMap;
 
-use taskpass_core::{AccessClaims, Confirmation};
-
-use crate::error::VerifyError;
-
-/// What one revocation covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RevokedKind {
-    /// One token, by `jti`.
-    Token,
-    /// Every token of a task, by `txn`.
-    Task,
-    /// Every token an agent was issued until then, by `client_id`.
-    Agent,
-    /// Every token bound (`cnf.x5t#S256`) to a certificate, by its thumbprint.
-    Certificate,
-}
+use crate::revocation::{RevocationEvent, RevocationKind as RevokedKind};
+use crate::token::{AccessClaims, Confirmation};
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -32,7 +18,7 @@ struct Entry {
 
 /// The revoked ids still relevant, by kind.
 #[derive(Debug, Default)]
-pub(crate) struct Revocations {
+pub struct RevocationSet {
     /// One map per kind, by id.
     maps: [HashMap<String, Entry>; 4],
     /// The earliest `not_after` held: nothing can be dropped before it.
@@ -50,7 +36,7 @@ fn slot(kind: RevokedKind) -> usize {
 
 /// The reasons introspection and the stream use, as `'static` strings: anything else is
 /// reported as the kind's generic reason.
-pub(crate) fn known_reason(kind: RevokedKind, reason: &str) -> &'static str {
+pub fn known_reason(kind: RevokedKind, reason: &str) -> &'static str {
     const KNOWN: &[&str] = &[
         "revoked",
         "task_completed",
@@ -71,9 +57,20 @@ pub(crate) fn known_reason(kind: RevokedKind, reason: &str) -> &'static str {
     }
 }
 
-impl Revocations {
+impl RevocationSet {
+    /// Records an event of the log (a certificate's by its thumbprint); one already past its
+    /// `not_after` at `now` is not kept.
+    pub fn apply(&mut self, e: &RevocationEvent, now: i64) {
+        let id = match e.kind {
+            RevokedKind::Certificate => e.thumbprint.clone(),
+            _ => e.id.clone(),
+        };
+        self.prune(now);
+        self.insert(e.kind, id, e.revoked_at, e.not_after, &e.reason, now);
+    }
+
     /// Records a revocation; one already past its `not_after` at `now` is not kept.
-    pub(crate) fn insert(
+    pub fn insert(
         &mut self,
         kind: RevokedKind,
         id: String,
@@ -107,8 +104,8 @@ impl Revocations {
     }
 
     /// Forgets what has expired at `now`.
-    pub(crate) fn prune(&mut self, now: i64) {
-        if self.len() == 0 || now <= self.next_expiry {
+    pub fn prune(&mut self, now: i64) {
+        if self.is_empty() || now <= self.next_expiry {
             return;
         }
         for m in &mut self.maps {
@@ -124,7 +121,7 @@ impl Revocations {
     }
 
     /// How many revocations are held.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.maps.iter().map(HashMap::len).sum()
     }
 
@@ -132,25 +129,53 @@ impl Revocations {
         self.maps[slot(kind)].get(id)
     }
 
-    /// Refuses a token some revocation covers.
-    pub(crate) fn check(&self, claims: &AccessClaims) -> Result<(), VerifyError> {
-        if let Some(e) = self.get(RevokedKind::Token, &claims.jti) {
-            return Err(VerifyError::Revoked(e.reason));
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Why a token with these claims is revoked, if it is.
+    pub fn check(&self, claims: &AccessClaims) -> Result<(), &'static str> {
+        let certificate = match &claims.cnf {
+            Some(Confirmation::Certificate(t)) => Some(t.as_str()),
+            _ => None,
+        };
+        self.covers(
+            &claims.jti,
+            &claims.txn,
+            &claims.client_id,
+            claims.iat,
+            certificate,
+        )
+    }
+
+    /// Why the token `jti` of task `txn` and agent `client_id`, issued at `iat`, bound to the
+    /// certificate with thumbprint `certificate`, is revoked, if it is.
+    pub fn covers(
+        &self,
+        jti: &str,
+        txn: &str,
+        client_id: &str,
+        iat: i64,
+        certificate: Option<&str>,
+    ) -> Result<(), &'static str> {
+        if let Some(e) = self.get(RevokedKind::Token, jti) {
+            return Err(e.reason);
         }
-        if let Some(e) = self.get(RevokedKind::Task, &claims.txn) {
-            return Err(VerifyError::Revoked(e.reason));
+        if let Some(e) = self.get(RevokedKind::Task, txn) {
+            return Err(e.reason);
         }
         // An agent revocation covers what it had been issued then: after a suspension is
         // lifted, its new tokens are valid.
-        if let Some(e) = self.get(RevokedKind::Agent, &claims.client_id)
-            && claims.iat <= e.revoked_at
+        if let Some(e) = self.get(RevokedKind::Agent, client_id)
+            && iat <= e.revoked_at
         {
-            return Err(VerifyError::Revoked(e.reason));
+            return Err(e.reason);
         }
-        if let Some(Confirmation::Certificate(t)) = &claims.cnf
+        if let Some(t) = certificate
             && let Some(e) = self.get(RevokedKind::Certificate, t)
         {
-            return Err(VerifyError::Revoked(e.reason));
+            return Err(e.reason);
         }
         Ok(())
     }
@@ -170,7 +195,7 @@ mod tests {
 
     #[test]
     fn each_kind_refuses_what_it_covers_and_expires() {
-        let mut r = Revocations::default();
+        let mut r = RevocationSet::default();
         let c = claims("tok1", "task1", "agent1", 100);
         assert_eq!(r.check(&c), Ok(()));
         r.insert(
@@ -181,7 +206,7 @@ mod tests {
             "task_completed",
             110,
         );
-        assert_eq!(r.check(&c), Err(VerifyError::Revoked("task_completed")));
+        assert_eq!(r.check(&c), Err("task_completed"));
         assert_eq!(
             r.check(&claims("tok2", "task2", "agent1", 100)),
             Ok(()),
@@ -197,7 +222,7 @@ mod tests {
         );
         assert_eq!(
             r.check(&claims("tok2", "task2", "agent1", 120)),
-            Err(VerifyError::Revoked("agent_suspended"))
+            Err("agent_suspended")
         );
         // Issued after the suspension was lifted.
         assert_eq!(r.check(&claims("tok3", "task3", "agent1", 121)), Ok(()));
@@ -211,7 +236,7 @@ mod tests {
         );
         assert_eq!(
             r.check(&claims("tok3", "task3", "agent1", 121)),
-            Err(VerifyError::Revoked("revoked"))
+            Err("revoked")
         );
         assert_eq!(r.len(), 3);
         r.prune(190);

@@ -1,0 +1,223 @@
+//! Token status lists read by an independent implementation: the Python snippet of
+//! `docs/validating-tokens.md`, run as written with PyJWT and zlib, fetches the list over real
+//! HTTPS from the broker, verifies its signature against the JWKS and decodes each token's bit:
+//! revoked tokens (by id, by task, by agent) are 1, live ones 0.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use taskpass_e2e::*;
+use taskpass_proto::v1 as pb;
+use taskpass_testkit::{BROKER_ISSUER, https_get};
+
+/// The first ```python block of the doc: what integrators copy.
+fn doc_snippet() -> String {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/validating-tokens.md"),
+    )
+    .unwrap();
+    let start = doc.find("```python\n").unwrap() + "```python\n".len();
+    let len = doc[start..].find("```").unwrap();
+    doc[start..start + len].to_owned()
+}
+
+const HARNESS: &str = r#"
+import json, ssl, sys, urllib.request
+from snippet import check_token
+
+jwks = json.load(open(sys.argv[1]))
+issuer, http_url, ca, audience = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+context = ssl.create_default_context(cafile=ca)
+
+def fetch(url):
+    # The tokens name the broker by its issuer; this test reaches it at its loopback address.
+    assert url.startswith(issuer + "/statuslists/"), url
+    with urllib.request.urlopen(http_url + url[len(issuer):], context=context) as r:
+        assert r.headers["Content-Type"] == "application/statuslist+jwt", r.headers
+        return r.read()
+
+for line in sys.stdin:
+    name, token = line.split()
+    try:
+        claims = check_token(token, jwks, audience, issuer, fetch)
+        print(name, "valid", claims["status"]["status_list"]["idx"])
+    except Exception as e:
+        print(name, "refused", type(e).__name__, str(e).replace(" ", "_"))
+"#;
+
+fn pyjwt_available() -> bool {
+    Command::new("python3")
+        .args(["-c", "import jwt, cryptography"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test]
+async fn pyjwt_and_zlib_read_the_status_lists() {
+    if !pyjwt_available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "PyJWT is required in CI: tests/run.sh installs it"
+        );
+        eprintln!("SKIPPED: python3 with PyJWT and cryptography not found");
+        return;
+    }
+    let mut env = Env::start().await.unwrap();
+    register(&mut env.admin, &env.issuer, "py-a", "sub-a")
+        .await
+        .unwrap();
+    register(&mut env.admin, &env.issuer, "py-b", "sub-b")
+        .await
+        .unwrap();
+    let mut tokens = Vec::new();
+    let mut tasks = Vec::new();
+    for (name, subject) in [
+        ("live", "sub-a"),
+        ("by-id", "sub-a"),
+        ("by-task", "sub-a"),
+        ("by-agent", "sub-b"),
+    ] {
+        let task = start(&mut env.agent, &env.issuer, subject, &["read"])
+            .await
+            .unwrap();
+        let t = issue(&mut env.agent, &env.issuer, subject, &task.task_id)
+            .await
+            .unwrap();
+        tokens.push((name, t));
+        tasks.push(task);
+    }
+    env.admin
+        .revoke_token(pb::RevokeTokenRequest {
+            token_id: tokens[1].1.token_id.clone(),
+            reason: "leaked".into(),
+        })
+        .await
+        .unwrap();
+    env.agent
+        .complete_task(pb::CompleteTaskRequest {
+            attestation: att(&env.issuer, "sub-a"),
+            task_id: tasks[2].task_id.clone(),
+        })
+        .await
+        .unwrap();
+    env.admin
+        .set_agent_state(pb::SetAgentStateRequest {
+            name: "py-b".into(),
+            state: pb::AgentState::Suspended.into(),
+            reason: "test".into(),
+        })
+        .await
+        .unwrap();
+
+    let (_, jwks) = https_get(
+        &format!("{}/.well-known/jwks.json", env.broker.http_url),
+        &env.broker.ca_pem,
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("snippet.py"), doc_snippet()).unwrap();
+    std::fs::write(dir.path().join("harness.py"), HARNESS).unwrap();
+    std::fs::write(dir.path().join("jwks.json"), &jwks).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &env.broker.ca_pem).unwrap();
+    let input: String = tokens
+        .iter()
+        .map(|(name, t)| format!("{name} {}\n", t.access_token))
+        .chain(std::iter::once(format!(
+            "forged {}x\n",
+            tokens[0].1.access_token
+        )))
+        .collect();
+    let mut child = Command::new("python3")
+        .current_dir(dir.path())
+        .arg("harness.py")
+        .arg("jwks.json")
+        .arg(BROKER_ISSUER)
+        .arg(&env.broker.http_url)
+        .arg("ca.pem")
+        .arg(API)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Vec<&str>> = stdout.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    assert_eq!(lines[0][..2], ["live", "valid"], "{stdout}");
+    for (i, name) in ["by-id", "by-task", "by-agent"].iter().enumerate() {
+        let l = &lines[i + 1];
+        assert_eq!(l[..2], [*name, "refused"], "{stdout}");
+        assert!(l[3].contains("revoked"), "{stdout}");
+    }
+    assert_eq!(lines[4][..2], ["forged", "refused"], "{stdout}");
+    assert!(
+        !lines[4][3].contains("revoked"),
+        "a bad signature is not a status: {stdout}"
+    );
+
+    // An unknown or non-canonical list is 404.
+    for bad in ["7", "01", "x", "-1", "99999999999999999999"] {
+        let (status, _) = https_get(
+            &format!("{}/statuslists/{bad}", env.broker.http_url),
+            &env.broker.ca_pem,
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 404, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn positions_are_not_given_twice_across_a_restart() {
+    let mut env = Env::start().await.unwrap();
+    register(&mut env.admin, &env.issuer, "restarter", "sub-r")
+        .await
+        .unwrap();
+    let idx_of = |token: &str| {
+        let claims = taskpass_core::jwt::SignedToken::parse(token)
+            .unwrap()
+            .claims()
+            .unwrap();
+        let s = claims.status.unwrap().status_list;
+        (s.uri, s.idx)
+    };
+    let task = start(&mut env.agent, &env.issuer, "sub-r", &["read"])
+        .await
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let t = issue(&mut env.agent, &env.issuer, "sub-r", &task.task_id)
+            .await
+            .unwrap();
+        assert!(seen.insert(idx_of(&t.access_token)));
+    }
+    env.broker.restart().await.unwrap();
+    let mut agent = env.broker.agent().await.unwrap();
+    for _ in 0..3 {
+        let t = issue(&mut agent, &env.issuer, "sub-r", &task.task_id)
+            .await
+            .unwrap();
+        assert!(
+            seen.insert(idx_of(&t.access_token)),
+            "a position was given twice"
+        );
+    }
+    assert_eq!(seen.len(), 6);
+}
