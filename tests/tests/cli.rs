@@ -26,6 +26,40 @@ fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+#[test]
+fn the_validator_bench_measures_a_real_broker() {
+    // A small run: the shape of the figures, not their values.
+    let out = Command::new(workspace_bin("taskpass").unwrap())
+        .args([
+            "bench",
+            "--validators",
+            "--revocations",
+            "20",
+            "--streams",
+            "150",
+            "--sign-seconds",
+            "0.1",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let doc = json(&out);
+    for key in [
+        "raw_ed25519_verify_per_s",
+        "verify_offline_per_s",
+        "verify_live_per_s",
+        "ratio_verify_live_to_raw",
+        "propagation_p99_ms",
+        "fanout_p99_ms",
+        "fanout_from_call_p99_ms",
+    ] {
+        assert!(doc[key].as_f64().unwrap() > 0.0, "{key}: {doc}");
+    }
+    assert_eq!(doc["propagation_revocations"], 20);
+    assert_eq!(doc["fanout_streams"], 150);
+}
+
 #[tokio::test]
 async fn operator_verbs() {
     let _ = rustls::crypto::ring::default_provider().install_default();
