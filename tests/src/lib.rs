@@ -198,10 +198,7 @@ pub async fn add_validator(
     name: &str,
     audiences: &[&str],
 ) -> anyhow::Result<(String, String)> {
-    let key = rcgen::KeyPair::generate()?;
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)?
-        .pem()?;
+    let (key, csr) = key_and_csr()?;
     let r = admin
         .add_validator(pb::AddValidatorRequest {
             name: name.into(),
@@ -211,7 +208,7 @@ pub async fn add_validator(
         })
         .await?
         .into_inner();
-    Ok((r.certificate_pem, key.serialize_pem()))
+    Ok((r.certificate_pem, key))
 }
 
 /// A validation client on its own connection, presenting `cert_pem` and `key_pem`.
@@ -225,4 +222,34 @@ pub async fn validation_as(
     Ok(pb::validation_service_client::ValidationServiceClient::new(
         ch,
     ))
+}
+
+/// A fresh key (PEM) and a CSR (PEM) for it, as a client makes before asking the broker for a
+/// certificate.
+pub fn key_and_csr() -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)?
+        .pem()?;
+    Ok((key.serialize_pem(), csr))
+}
+
+/// Whether `python3` with PyJWT and `cryptography` is here; in CI it must be (`tests/run.sh`
+/// installs it), elsewhere a test may skip, saying so.
+pub fn pyjwt_available() -> bool {
+    let here = std::process::Command::new("python3")
+        .args(["-c", "import jwt, cryptography"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        here || std::env::var_os("CI").is_none(),
+        "PyJWT is required in CI: tests/run.sh installs it"
+    );
+    if !here {
+        eprintln!(
+            "SKIPPED: python3 with PyJWT and cryptography not found; `bash tests/run.sh` installs them"
+        );
+    }
+    here
 }

@@ -141,12 +141,7 @@ async fn a_certificate_revocation_refuses_the_tokens_bound_to_it() {
         })
         .await
         .unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
+    let (key, csr) = key_and_csr().unwrap();
     let cert = env
         .admin
         .issue_agent_certificate(pb::IssueAgentCertificateRequest {
@@ -161,7 +156,7 @@ async fn a_certificate_revocation_refuses_the_tokens_bound_to_it() {
         taskpass_proto::connect(
             &env.broker.grpc_url,
             &env.broker.ca_pem,
-            Some((&cert.certificate_pem, &key.serialize_pem())),
+            Some((&cert.certificate_pem, &key)),
         )
         .await
         .unwrap(),

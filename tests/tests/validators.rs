@@ -175,12 +175,7 @@ async fn introspect_and_the_stream_refuse_callers_without_a_principal() {
         })
         .await
         .unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
+    let (key, csr) = key_and_csr().unwrap();
     let agent_cert = env
         .admin
         .issue_agent_certificate(pb::IssueAgentCertificateRequest {
@@ -191,23 +186,14 @@ async fn introspect_and_the_stream_refuse_callers_without_a_principal() {
         .await
         .unwrap()
         .into_inner();
-    let mut as_agent = validation_as(
-        &env.broker,
-        &agent_cert.certificate_pem,
-        &key.serialize_pem(),
-    )
-    .await
-    .unwrap();
+    let mut as_agent = validation_as(&env.broker, &agent_cert.certificate_pem, &key)
+        .await
+        .unwrap();
     let err = introspect(&mut as_agent, &api_token).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
 
     // An approver can read tokens; nobody without that permission can.
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
+    let (key, csr) = key_and_csr().unwrap();
     let approver = env
         .admin
         .issue_operator_certificate(pb::IssueOperatorCertificateRequest {
@@ -219,10 +205,9 @@ async fn introspect_and_the_stream_refuse_callers_without_a_principal() {
         .await
         .unwrap()
         .into_inner();
-    let mut as_approver =
-        validation_as(&env.broker, &approver.certificate_pem, &key.serialize_pem())
-            .await
-            .unwrap();
+    let mut as_approver = validation_as(&env.broker, &approver.certificate_pem, &key)
+        .await
+        .unwrap();
     assert!(
         introspect(&mut as_approver, &api_token)
             .await
