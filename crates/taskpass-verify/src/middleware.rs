@@ -83,8 +83,8 @@ impl BearerLayer {
         self.edit(|s| s.scopes.push(scope.into()))
     }
 
-    /// Serves `metadata` at [`RESOURCE_METADATA_PATH`] (no token needed) and names it in
-    /// every 401.
+    /// Serves `metadata` at [`RESOURCE_METADATA_PATH`] (followed by the resource's path, if it
+    /// has one, as RFC 9728 §3.1 says; no token needed) and names it in every 401.
     #[must_use]
     pub fn with_resource_metadata(self, metadata: ResourceMetadata) -> Self {
         self.edit(|s| s.metadata = Some(metadata))
@@ -143,7 +143,7 @@ where
         let settings = Arc::clone(&self.settings);
         Box::pin(async move {
             if let Some(meta) = &settings.metadata
-                && req.uri().path() == RESOURCE_METADATA_PATH
+                && req.uri().path() == metadata_path(&meta.resource)
             {
                 return Ok(metadata_response(meta));
             }
@@ -275,7 +275,7 @@ impl Denial {
         let meta = settings
             .metadata
             .as_ref()
-            .map(|m| format!("{}{RESOURCE_METADATA_PATH}", origin_of(&m.resource)));
+            .map(|m| format!("{}{}", origin_of(&m.resource), metadata_path(&m.resource)));
         let mut challenge = String::from("Bearer");
         let mut param = |name: &str, value: &str| {
             let sep = if challenge.len() > "Bearer".len() {
@@ -385,6 +385,18 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// Where RFC 9728 §3.1 puts a resource's metadata: the well-known path, then the resource's own
+/// path if it has one (`https://api.example/v1` → `/.well-known/oauth-protected-resource/v1`).
+fn metadata_path(resource: &str) -> String {
+    let path = &resource[origin_of(resource).len()..];
+    let path = path
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('/');
+    format!("{RESOURCE_METADATA_PATH}{path}")
 }
 
 /// `scheme://host[:port]` of a URL (the whole string when it has no path).
