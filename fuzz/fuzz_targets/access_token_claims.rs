@@ -16,7 +16,7 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use taskpass_server::KeyRing;
-use taskpass_verify::{DEFAULT_LEEWAY_SECS, KeySet, Verifier};
+use taskpass_verify::{DEFAULT_LEEWAY_SECS, DEFAULT_MAX_LIFETIME_SECS, KeySet, Verifier};
 
 const ISSUER: &str = "https://fuzz.example";
 const AGENT: &str = "spiffe://fuzz.example/agent/a";
@@ -219,7 +219,8 @@ fuzz_target!(|input: Input| {
     if let Ok(c) = &by_ring {
         let fits = c.iss == ISSUER
             && c.aud == audience
-            && taskpass_core::jwt::check_times(c, now, DEFAULT_LEEWAY_SECS).is_ok();
+            && taskpass_core::jwt::check_times(c, now, DEFAULT_LEEWAY_SECS).is_ok()
+            && taskpass_core::jwt::check_lifetime(c, DEFAULT_MAX_LIFETIME_SECS).is_ok();
         if fits {
             assert!(
                 by_verifier.is_ok(),
