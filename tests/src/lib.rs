@@ -253,3 +253,35 @@ pub fn pyjwt_available() -> bool {
     }
     here
 }
+
+/// Registers agent `name`, proved by its certificate identity
+/// `spiffe://example.org/agent/<name>` and allowed [`API`] with scope `read`, and issues it a
+/// one-hour certificate from the broker's CA: `(the answer, key_pem)`.
+pub async fn certified_agent(
+    admin: &mut pb::admin_service_client::AdminServiceClient<Channel>,
+    name: &str,
+) -> anyhow::Result<(pb::IssueAgentCertificateResponse, String)> {
+    admin
+        .register_agent(pb::RegisterAgentRequest {
+            agent: Some(pb::Agent {
+                name: name.into(),
+                owner: "team-e2e".into(),
+                purpose: "end-to-end test".into(),
+                x509: vec![format!("spiffe://example.org/agent/{name}")],
+                audiences: vec![API.into()],
+                scopes: vec!["read".into()],
+                ..Default::default()
+            }),
+        })
+        .await?;
+    let (key, csr) = key_and_csr()?;
+    let cert = admin
+        .issue_agent_certificate(pb::IssueAgentCertificateRequest {
+            name: name.into(),
+            csr_pem: csr,
+            hours: 1,
+        })
+        .await?
+        .into_inner();
+    Ok((cert, key))
+}

@@ -126,32 +126,7 @@ async fn every_kind_of_revocation_reaches_a_running_verifier() {
 #[tokio::test]
 async fn a_certificate_revocation_refuses_the_tokens_bound_to_it() {
     let mut env = Env::start().await.unwrap();
-    let id = "spiffe://example.org/agent/bound";
-    env.admin
-        .register_agent(pb::RegisterAgentRequest {
-            agent: Some(pb::Agent {
-                name: "bound".into(),
-                owner: "team".into(),
-                purpose: "live test".into(),
-                x509: vec![id.into()],
-                audiences: vec![API.into()],
-                scopes: vec!["read".into()],
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
-    let (key, csr) = key_and_csr().unwrap();
-    let cert = env
-        .admin
-        .issue_agent_certificate(pb::IssueAgentCertificateRequest {
-            name: "bound".into(),
-            csr_pem: csr,
-            hours: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (cert, key) = certified_agent(&mut env.admin, "bound").await.unwrap();
     let mut agent = pb::agent_service_client::AgentServiceClient::new(
         taskpass_proto::connect(
             &env.broker.grpc_url,

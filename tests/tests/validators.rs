@@ -162,30 +162,7 @@ async fn introspect_and_the_stream_refuse_callers_without_a_principal() {
     );
 
     // An agent's certificate from the broker's own CA proves no validator.
-    env.admin
-        .register_agent(pb::RegisterAgentRequest {
-            agent: Some(pb::Agent {
-                name: "certified".into(),
-                owner: "team".into(),
-                purpose: "validators test".into(),
-                x509: vec!["spiffe://example.org/agent/certified".into()],
-                audiences: vec![API.into()],
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
-    let (key, csr) = key_and_csr().unwrap();
-    let agent_cert = env
-        .admin
-        .issue_agent_certificate(pb::IssueAgentCertificateRequest {
-            name: "certified".into(),
-            csr_pem: csr,
-            hours: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (agent_cert, key) = certified_agent(&mut env.admin, "certified").await.unwrap();
     let mut as_agent = validation_as(&env.broker, &agent_cert.certificate_pem, &key)
         .await
         .unwrap();

@@ -393,9 +393,7 @@ fn inactive_reason(reason: &str) -> &'static str {
 }
 
 /// Connects, fetches the keys and starts following; returns once the stream has caught up.
-pub(crate) async fn start(
-    config: &LiveConfig,
-) -> Result<(Arc<Live>, KeySet, tokio::sync::watch::Receiver<u64>), VerifyError> {
+pub(crate) async fn start(config: &LiveConfig) -> Result<(Arc<Live>, KeySet), VerifyError> {
     let channel = taskpass_proto::connect(
         &config.broker,
         &config.ca_pem,
@@ -405,7 +403,7 @@ pub(crate) async fn start(
     .map_err(|e| VerifyError::Unavailable(format!("cannot connect to {}: {e}", config.broker)))?;
     let mut client = Client::new(channel);
     let keys = fetch_keys(&mut client).await?;
-    let (keys_fetched, keys_rx) = tokio::sync::watch::channel(0);
+    let (keys_fetched, _) = tokio::sync::watch::channel(0);
     let live = Arc::new(Live {
         client,
         budget: config.staleness_budget,
@@ -442,7 +440,7 @@ pub(crate) async fn start(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok((live, keys, keys_rx))
+    Ok((live, keys))
 }
 
 /// Starts the task that refreshes `keys` on a timer and on demand.

@@ -48,7 +48,7 @@ pub struct ResourceMetadata {
     pub scopes_supported: Vec<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Settings {
     verifier: Arc<Verifier>,
     audience: String,
@@ -91,13 +91,7 @@ impl BearerLayer {
     }
 
     fn edit(self, f: impl FnOnce(&mut Settings)) -> Self {
-        let mut s = Arc::try_unwrap(self.0).unwrap_or_else(|shared| Settings {
-            verifier: Arc::clone(&shared.verifier),
-            audience: shared.audience.clone(),
-            scopes: shared.scopes.clone(),
-            metadata: shared.metadata.clone(),
-            origin: shared.origin.clone(),
-        });
+        let mut s = Arc::unwrap_or_clone(self.0);
         f(&mut s);
         Self(Arc::new(s))
     }

@@ -79,7 +79,7 @@ impl Verifier {
     /// dropped.
     #[cfg(feature = "live")]
     pub async fn connect(config: crate::LiveConfig) -> Result<Arc<Self>, VerifyError> {
-        let (live, keys, _) = crate::live::start(&config).await?;
+        let (live, keys) = crate::live::start(&config).await?;
         let mut v = Self::new(config.issuer.clone(), keys);
         crate::live::spawn_key_refresh(&live, Arc::clone(&v.keys), config.key_refresh);
         v.live = Some(crate::live::LiveHandle(live));
