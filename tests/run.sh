@@ -12,4 +12,5 @@ fi
 cargo build --workspace --bins --locked
 # The validator SDK without its live half (offline verification only) builds on its own.
 cargo check -p taskpass-verify --no-default-features --locked
+cargo check -p taskpass-verify --no-default-features --features status-list --locked
 cargo test --workspace --locked

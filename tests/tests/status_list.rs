@@ -208,3 +208,194 @@ async fn positions_are_not_given_twice_across_a_restart() {
     }
     assert_eq!(seen.len(), 6);
 }
+
+/// The Rust SDK in status-list mode, against the real broker over HTTPS: valid tokens pass,
+/// a token revoked by id, by task or by agent is refused once its list's `ttl` has run out,
+/// and once the broker is gone and the budget past the `ttl` has run out, every token is.
+#[tokio::test]
+async fn the_sdk_refuses_revoked_tokens_from_the_lists() {
+    use taskpass_verify::{StatusListConfig, Verifier, VerifyError};
+    let mut env = Env::start_with("[validation]\nstatus_list_ttl_seconds = 1\n")
+        .await
+        .unwrap();
+    register(&mut env.admin, &env.issuer, "sl-a", "sub-a")
+        .await
+        .unwrap();
+    let task = start(&mut env.agent, &env.issuer, "sub-a", &["read"])
+        .await
+        .unwrap();
+    let other = start(&mut env.agent, &env.issuer, "sub-a", &["read"])
+        .await
+        .unwrap();
+    let by_id = issue(&mut env.agent, &env.issuer, "sub-a", &task.task_id)
+        .await
+        .unwrap();
+    let live = issue(&mut env.agent, &env.issuer, "sub-a", &task.task_id)
+        .await
+        .unwrap();
+    let by_task = issue(&mut env.agent, &env.issuer, "sub-a", &other.task_id)
+        .await
+        .unwrap();
+
+    let config = StatusListConfig::new(BROKER_ISSUER)
+        .with_base_url(env.broker.http_url.clone())
+        .with_ca_pem(env.broker.ca_pem.clone())
+        .with_staleness_budget(std::time::Duration::from_secs(1));
+    let v = Verifier::with_status_lists(config).await.unwrap();
+    let none = taskpass_verify::Holder::Nothing;
+    for t in [&by_id, &live, &by_task] {
+        v.verify_request(&t.access_token, API, none).await.unwrap();
+        // Now held: the synchronous call reads the same list.
+        v.verify(&t.access_token, API).unwrap();
+    }
+    let status = v.revocation_status().unwrap();
+    assert!(status.current && status.connected, "{status:?}");
+    assert_eq!(status.tracked, 1, "one list holds all three");
+
+    env.admin
+        .revoke_token(pb::RevokeTokenRequest {
+            token_id: by_id.token_id.clone(),
+            reason: "leaked".into(),
+        })
+        .await
+        .unwrap();
+    env.agent
+        .complete_task(pb::CompleteTaskRequest {
+            attestation: att(&env.issuer, "sub-a"),
+            task_id: other.task_id.clone(),
+        })
+        .await
+        .unwrap();
+    // Within the list's ttl (1 s) and the broker's rebuild (half of it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let a = v.verify_request(&by_id.access_token, API, none).await;
+        let b = v.verify_request(&by_task.access_token, API, none).await;
+        if let (Err(a), Err(b)) = (&a, &b) {
+            assert_eq!(*a, VerifyError::Revoked("revoked"));
+            assert_eq!(*b, VerifyError::Revoked("revoked"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not refused: {a:?} {b:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    v.verify_request(&live.access_token, API, none)
+        .await
+        .unwrap();
+    // A forged token never reaches the lists.
+    let forged = format!("{}x", live.access_token);
+    let e = v.verify_request(&forged, API, none).await.unwrap_err();
+    assert!(
+        matches!(e, VerifyError::Malformed | VerifyError::BadSignature),
+        "{e:?}"
+    );
+
+    // The broker goes away: the list held is used for its ttl plus the budget, then not.
+    env.broker.kill9().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(
+        v.verify_request(&live.access_token, API, none)
+            .await
+            .unwrap_err(),
+        VerifyError::Stale
+    );
+    assert_eq!(
+        v.verify(&live.access_token, API).unwrap_err(),
+        VerifyError::Stale
+    );
+    let status = v.revocation_status().unwrap();
+    assert!(!status.current, "{status:?}");
+    assert!(status.last_error.is_some(), "{status:?}");
+    assert!(
+        v.metrics_text()
+            .contains("taskpass_verifier_revocations_current 0"),
+        "{}",
+        v.metrics_text()
+    );
+}
+
+/// The Status List Token check, on the broker's real list: accepted as served; refused
+/// when fetched from another uri, for another issuer, when expired, or altered.
+#[tokio::test]
+async fn a_status_list_token_is_verified_before_it_is_read() {
+    use taskpass_verify::{KeySet, StatusList};
+    let mut env = Env::start().await.unwrap();
+    register(&mut env.admin, &env.issuer, "sl-b", "sub-b")
+        .await
+        .unwrap();
+    let task = start(&mut env.agent, &env.issuer, "sub-b", &["read"])
+        .await
+        .unwrap();
+    issue(&mut env.agent, &env.issuer, "sub-b", &task.task_id)
+        .await
+        .unwrap();
+    let get = |path: &str| {
+        let url = format!("{}{path}", env.broker.http_url);
+        let ca = env.broker.ca_pem.clone();
+        async move { https_get(&url, &ca).await.unwrap().1 }
+    };
+    let keys = KeySet::from_json(&get("/.well-known/jwks.json").await).unwrap();
+    let jwt = get("/statuslists/0").await;
+    let uri = format!("{BROKER_ISSUER}/statuslists/0");
+    let now = taskpass_core::Clock::now(&taskpass_core::SystemClock);
+    let list = StatusList::verify(&jwt, &keys, BROKER_ISSUER, &uri, now, 5).unwrap();
+    assert_eq!(list.len(), 16_384);
+    assert_eq!(list.status(0), Some(0));
+    assert_eq!(list.ttl(), std::time::Duration::from_secs(30));
+
+    let refused = |jwt: &str, issuer: &str, uri: &str, now: i64| {
+        StatusList::verify(jwt, &keys, issuer, uri, now, 5).unwrap_err()
+    };
+    let other_uri = format!("{BROKER_ISSUER}/statuslists/1");
+    assert!(
+        refused(&jwt, BROKER_ISSUER, &other_uri, now)
+            .to_string()
+            .contains("sub")
+    );
+    assert!(
+        refused(&jwt, "https://other.example", &uri, now)
+            .to_string()
+            .contains("issuer")
+    );
+    assert!(
+        refused(&jwt, BROKER_ISSUER, &uri, now + 3600)
+            .to_string()
+            .contains("expired")
+    );
+    // A bit flipped in the payload, re-encoded: the signature no longer holds.
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let payload = String::from_utf8(
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, parts[1])
+            .unwrap(),
+    )
+    .unwrap()
+    .replace("\"ttl\":30", "\"ttl\":300");
+    let altered = format!(
+        "{}.{}.{}",
+        parts[0],
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload),
+        parts[2]
+    );
+    assert!(
+        refused(&altered, BROKER_ISSUER, &uri, now)
+            .to_string()
+            .contains("signature")
+    );
+    // An access token is not a status list.
+    let t = issue(&mut env.agent, &env.issuer, "sub-b", &task.task_id)
+        .await
+        .unwrap();
+    assert!(
+        refused(&t.access_token, BROKER_ISSUER, &uri, now)
+            .to_string()
+            .contains("type")
+    );
+    assert!(
+        refused("garbage", BROKER_ISSUER, &uri, now)
+            .to_string()
+            .contains("malformed")
+    );
+}

@@ -102,9 +102,16 @@ pub struct SignedToken<'a> {
 }
 
 impl<'a> SignedToken<'a> {
-    /// Splits `token` and checks its header.
+    /// Splits `token` and checks its header: an access token (`typ` at+jwt).
     pub fn parse(token: &'a str) -> Result<Self, ProfileError> {
-        if token.len() > MAX_TOKEN_BYTES {
+        Self::parse_as(token, "at+jwt", MAX_TOKEN_BYTES)
+    }
+
+    /// Splits a JWS of type `typ` (also accepted as `application/<typ>`) no larger than
+    /// `max_bytes` and checks its header as for an access token: the same algorithms, a `kid`,
+    /// none of the forbidden parameters.
+    pub fn parse_as(token: &'a str, typ: &str, max_bytes: usize) -> Result<Self, ProfileError> {
+        if token.len() > max_bytes {
             return Err(ProfileError::TooLarge);
         }
         let mut parts = token.split('.');
@@ -118,7 +125,7 @@ impl<'a> SignedToken<'a> {
             return Err(ProfileError::Malformed);
         }
         let header = object(h)?;
-        let (alg, kid) = check_header(&header)?;
+        let (alg, kid) = check_header(&header, typ)?;
         let signature = URL_SAFE_NO_PAD
             .decode(s)
             .map_err(|_| ProfileError::Malformed)?;
@@ -134,7 +141,13 @@ impl<'a> SignedToken<'a> {
 
     /// The claims, checked against the profile. Call only once the signature verified.
     pub fn claims(&self) -> Result<AccessClaims, ProfileError> {
-        access_claims(object(self.payload_b64)?)
+        access_claims(self.payload()?)
+    }
+
+    /// The payload as a JSON object without repeated names, for token types other than the
+    /// access token. Call only once the signature verified.
+    pub fn payload(&self) -> Result<Map<String, Value>, ProfileError> {
+        object(self.payload_b64)
     }
 }
 
@@ -242,7 +255,10 @@ impl<'de> Visitor<'de> for StrictValue {
     }
 }
 
-fn check_header(header: &Map<String, Value>) -> Result<(TokenAlg, String), ProfileError> {
+fn check_header(
+    header: &Map<String, Value>,
+    typ: &str,
+) -> Result<(TokenAlg, String), ProfileError> {
     // `alg` a string; `typ` and `kid` strings when they are there at all.
     let string_or_absent = |name| {
         matches!(
@@ -263,7 +279,11 @@ fn check_header(header: &Map<String, Value>) -> Result<(TokenAlg, String), Profi
         return Err(ProfileError::ForbiddenHeader(name));
     }
     let typ_ok = header.get("typ").and_then(Value::as_str).is_some_and(|t| {
-        t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+        // `get`, not indexing: `t` is untrusted and may split a character there.
+        t.eq_ignore_ascii_case(typ)
+            || t.get(..12)
+                .is_some_and(|p| p.eq_ignore_ascii_case("application/"))
+                && t.get(12..).is_some_and(|r| r.eq_ignore_ascii_case(typ))
     });
     if !typ_ok {
         return Err(ProfileError::WrongType);

@@ -822,6 +822,11 @@ impl Broker {
         Ok(task_to_pb(&task, self.now()))
     }
 
+    /// How long validators may cache a status list, seconds.
+    pub fn status_list_ttl(&self) -> u64 {
+        self.status.ttl()
+    }
+
     /// The signed status list `n` (`GET /statuslists/{n}`), `None` when there is none.
     pub async fn status_list(&self, n: u64) -> Result<Option<String>, ApiError> {
         Ok(self

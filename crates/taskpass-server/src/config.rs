@@ -89,13 +89,25 @@ pub struct X509AuthorityConfig {
 }
 
 /// The `[validation]` table: who may follow the revocation log and how.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ValidationSection {
     /// Let callers without a validator or operator certificate follow WatchRevocations, as
     /// a public CRL is open to anyone. Weaker: anyone who can reach the port learns which
     /// token, task, agent and certificate ids were revoked, and when. Default false.
     pub open_revocation_stream: bool,
+    /// How long validators may cache a status list (its `ttl`), seconds, 1 to 60 (default
+    /// 30): the longest a revocation takes to reach a validator that reads the lists.
+    pub status_list_ttl_seconds: u32,
+}
+
+impl Default for ValidationSection {
+    fn default() -> Self {
+        Self {
+            open_revocation_stream: false,
+            status_list_ttl_seconds: 30,
+        }
+    }
 }
 
 /// The `[limits]` table: what one client may hold or ask of the broker. Every key has a safe
@@ -443,6 +455,9 @@ impl ConfigFile {
             }
         }
         problems.extend(self.limits.problems());
+        if !(1..=60).contains(&self.validation.status_list_ttl_seconds) {
+            problems.push("validation.status_list_ttl_seconds must be 1 to 60".into());
+        }
         if self.attestation.leeway_seconds > 300 {
             problems.push("attestation.leeway_seconds is above 300: clocks that far apart need fixing, not tolerating".into());
         }

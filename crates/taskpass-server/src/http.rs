@@ -49,7 +49,7 @@ async fn status_list(
                 ),
                 (
                     header::CACHE_CONTROL,
-                    format!("public, max-age={}", crate::status::STATUS_LIST_TTL),
+                    format!("public, max-age={}", b.status_list_ttl()),
                 ),
             ],
             jwt,

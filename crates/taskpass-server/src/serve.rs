@@ -247,7 +247,11 @@ pub async fn serve(
             .map(|(rps, burst)| crate::ratelimit::RateLimiter::new(rps, burst)),
         refusals: Arc::clone(&refusals),
         open_revocation_stream: config.validation.open_revocation_stream,
-        status: crate::status::StatusLists::new(&issuer, store.last_status_index().await?),
+        status: crate::status::StatusLists::new(
+            &issuer,
+            config.validation.status_list_ttl_seconds,
+            store.last_status_index().await?,
+        ),
         conns: crate::broker::Connections {
             grpc: Admission::new(
                 "grpc",

@@ -23,9 +23,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use taskpass_core::{RevocationSet, STATUS_LIST_SIZE, TokenStatus};
 use taskpass_store::{Store, StoreError};
 
-/// How long validators may cache a list, seconds (the contract caps it at 60).
-pub const STATUS_LIST_TTL: u64 = 30;
-
 /// How long a signed list stays valid (`exp` − `iat`), seconds.
 const STATUS_LIST_LIFETIME: i64 = 300;
 
@@ -34,6 +31,8 @@ const STATUS_LIST_LIFETIME: i64 = 300;
 pub(crate) struct StatusLists {
     /// `https://broker/statuslists`.
     base: String,
+    /// How long validators may cache a list, seconds (`validation.status_list_ttl_seconds`).
+    ttl: u64,
     next: AtomicU64,
     state: tokio::sync::Mutex<Built>,
 }
@@ -48,10 +47,12 @@ struct Built {
 }
 
 impl StatusLists {
-    /// Lists served under `issuer`, handing out positions after `last` (the highest recorded).
-    pub(crate) fn new(issuer: &str, last: Option<u64>) -> Self {
+    /// Lists served under `issuer` with this `ttl` (seconds), handing out positions after
+    /// `last` (the highest recorded).
+    pub(crate) fn new(issuer: &str, ttl: u32, last: Option<u64>) -> Self {
         Self {
             base: format!("{}/statuslists", issuer.trim_end_matches('/')),
+            ttl: u64::from(ttl.max(1)),
             next: AtomicU64::new(last.map_or(0, |l| l + 1)),
             state: tokio::sync::Mutex::new(Built::default()),
         }
@@ -61,6 +62,11 @@ impl StatusLists {
     pub(crate) fn allocate(&self) -> (u64, TokenStatus) {
         let index = self.next.fetch_add(1, Ordering::Relaxed);
         (index, TokenStatus::at(&self.base, index))
+    }
+
+    /// How long validators may cache a list, seconds.
+    pub(crate) fn ttl(&self) -> u64 {
+        self.ttl
     }
 
     /// The signed list `n`, or `None` for a list no token was given yet.
@@ -86,7 +92,7 @@ impl StatusLists {
         }
         if let Some((at, cursor, jwt)) = state.lists.get(&n)
             && *cursor == state.cursor
-            && at.elapsed() < Duration::from_secs(STATUS_LIST_TTL / 2)
+            && at.elapsed() < Duration::from_millis(self.ttl * 500)
         {
             return Ok(Some(jwt.clone()));
         }
@@ -119,7 +125,7 @@ impl StatusLists {
             "sub": format!("{}/{n}", self.base),
             "iat": now,
             "exp": now + STATUS_LIST_LIFETIME,
-            "ttl": STATUS_LIST_TTL,
+            "ttl": self.ttl,
             "status_list": {"bits": 1, "lst": URL_SAFE_NO_PAD.encode(zlib(&bits))},
         });
         let jwt = keys
@@ -133,7 +139,7 @@ impl StatusLists {
         // Only the lists asked for recently are kept.
         state
             .lists
-            .retain(|_, (at, _, _)| at.elapsed() < Duration::from_secs(STATUS_LIST_TTL * 4));
+            .retain(|_, (at, _, _)| at.elapsed() < Duration::from_secs(self.ttl * 4));
         Ok(Some(jwt))
     }
 }
@@ -152,7 +158,7 @@ mod tests {
 
     #[test]
     fn positions_fill_one_list_then_the_next() {
-        let s = StatusLists::new("https://b/", Some(STATUS_LIST_SIZE - 2));
+        let s = StatusLists::new("https://b/", 30, Some(STATUS_LIST_SIZE - 2));
         let (i, claim) = s.allocate();
         assert_eq!(i, STATUS_LIST_SIZE - 1);
         assert_eq!(claim.status_list.idx, STATUS_LIST_SIZE - 1);
@@ -160,7 +166,7 @@ mod tests {
         let (_, claim) = s.allocate();
         assert_eq!(claim.status_list.idx, 0);
         assert_eq!(claim.status_list.uri, "https://b/statuslists/1");
-        assert_eq!(StatusLists::new("https://b", None).allocate().0, 0);
+        assert_eq!(StatusLists::new("https://b", 30, None).allocate().0, 0);
     }
 
     #[test]

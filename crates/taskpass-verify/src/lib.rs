@@ -42,6 +42,8 @@ mod keys;
 mod live;
 #[cfg(feature = "tower")]
 pub mod middleware;
+#[cfg(feature = "status-list")]
+mod status_list;
 mod verifier;
 
 pub use dpop::{DEFAULT_PROOF_WINDOW_SECS, DEFAULT_REPLAY_CACHE, DpopRequest, MAX_PROOF_BYTES};
@@ -52,7 +54,10 @@ pub use live::{
     DEFAULT_STALENESS_BUDGET, Fallback, INTROSPECT_CACHE_ENTRIES, INTROSPECT_CACHE_TTL, LiveConfig,
     MIN_KEY_REFETCH, RevocationStatus,
 };
-
+#[cfg(feature = "status-list")]
+pub use status_list::{
+    MAX_STATUS_LIST_BYTES, MAX_STATUS_LIST_TOKEN_BYTES, StatusList, StatusListConfig,
+};
 pub use verifier::{
     DEFAULT_LEEWAY_SECS, DEFAULT_MAX_LIFETIME_SECS, Holder, MAX_TOKEN_BYTES, VerifiedToken,
     Verifier,

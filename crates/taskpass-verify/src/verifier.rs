@@ -46,6 +46,8 @@ pub struct Verifier {
     max_lifetime: u64,
     #[cfg(feature = "live")]
     live: Option<crate::live::LiveHandle>,
+    #[cfg(feature = "status-list")]
+    lists: Option<crate::status_list::ListsHandle>,
 }
 
 impl Verifier {
@@ -66,6 +68,8 @@ impl Verifier {
             max_lifetime: DEFAULT_MAX_LIFETIME_SECS,
             #[cfg(feature = "live")]
             live: None,
+            #[cfg(feature = "status-list")]
+            lists: None,
         }
     }
 
@@ -86,9 +90,36 @@ impl Verifier {
         Ok(Arc::new(v))
     }
 
-    /// Where the live revocation state stands (`None` for an offline verifier).
+    /// A verifier that checks revocation against the broker's token status lists
+    /// (draft-ietf-oauth-status-list) instead of the stream: it needs no validator
+    /// credential and no gRPC, only HTTPS to the broker's public endpoints. It reads the JWKS
+    /// (again on a timer and on an unknown `kid`), and each list its tokens name, cached for
+    /// the list's `ttl`: a revocation reaches it within that `ttl` (30 s from a Taskpass
+    /// broker). Tokens without a `status` claim are refused. Returns once the keys are read.
+    ///
+    /// [`Verifier::verify_request`] fetches a list it does not hold fresh; the synchronous
+    /// calls use only the lists held and refuse ([`VerifyError::Stale`]) a token whose list
+    /// is not, while fetching it in the background.
+    #[cfg(feature = "status-list")]
+    pub async fn with_status_lists(
+        config: crate::StatusListConfig,
+    ) -> Result<Arc<Self>, VerifyError> {
+        let (lists, keys) = crate::status_list::Lists::start(&config, DEFAULT_LEEWAY_SECS).await?;
+        let mut v = Self::new(config.issuer.clone(), KeySet::default());
+        v.keys = keys;
+        v.lists = Some(crate::status_list::ListsHandle(lists));
+        Ok(Arc::new(v))
+    }
+
+    /// Where the revocation state stands (`None` for an offline verifier): the stream's for a
+    /// [`Verifier::connect`]ed one, the lists' for one built
+    /// [`with_status_lists`](Verifier::with_status_lists).
     #[cfg(feature = "live")]
     pub fn revocation_status(&self) -> Option<crate::RevocationStatus> {
+        #[cfg(feature = "status-list")]
+        if let Some(lists) = &self.lists {
+            return Some(lists.0.status());
+        }
         self.live.as_ref().map(|l| l.0.status())
     }
 
@@ -114,14 +145,16 @@ impl Verifier {
     ) -> Result<VerifiedToken, VerifyError> {
         let now = SystemClock.now();
         let verified = match self.verify_offline(token, audience, holder, now) {
-            Err(VerifyError::UnknownKey) => match &self.live {
-                Some(live) if live.0.refresh_keys().await => {
-                    self.verify_offline(token, audience, holder, SystemClock.now())?
-                }
-                _ => return Err(VerifyError::UnknownKey),
-            },
+            Err(VerifyError::UnknownKey) if self.refresh_keys().await => {
+                self.verify_offline(token, audience, holder, SystemClock.now())?
+            }
             other => other?,
         };
+        #[cfg(feature = "status-list")]
+        if let Some(lists) = &self.lists {
+            lists.0.check(&verified.claims).await?;
+            return Ok(verified);
+        }
         let Some(live) = &self.live else {
             return Ok(verified);
         };
@@ -131,6 +164,20 @@ impl Verifier {
                 Ok(verified)
             }
             other => other.map(|()| verified),
+        }
+    }
+
+    /// Fetches the keys again from whichever source this verifier follows (rate-limited);
+    /// true when new keys may have arrived.
+    #[cfg(feature = "live")]
+    async fn refresh_keys(&self) -> bool {
+        #[cfg(feature = "status-list")]
+        if let Some(lists) = &self.lists {
+            return lists.0.refresh_keys().await;
+        }
+        match &self.live {
+            Some(live) => live.0.refresh_keys().await,
+            None => false,
         }
     }
 
@@ -215,6 +262,12 @@ impl Verifier {
         now: i64,
     ) -> Result<VerifiedToken, VerifyError> {
         let verified = self.verify_offline(token, audience, holder, now);
+        #[cfg(feature = "status-list")]
+        if let Some(lists) = &self.lists {
+            let verified = verified?;
+            lists.0.check_cached(&verified.claims)?;
+            return Ok(verified);
+        }
         #[cfg(feature = "live")]
         if let Some(live) = &self.live {
             let verified = match verified {
@@ -293,7 +346,7 @@ impl Verifier {
     }
 }
 
-fn jwt_alg(alg: TokenAlg) -> Algorithm {
+pub(crate) fn jwt_alg(alg: TokenAlg) -> Algorithm {
     match alg {
         TokenAlg::EdDSA => Algorithm::EdDSA,
         TokenAlg::ES256 => Algorithm::ES256,
