@@ -163,6 +163,7 @@ fn start_task(agent: &Agent, req: &pb::StartTaskRequest, limits: &Limits) -> Opt
         ended_at: None,
         on_behalf_of: None,
         approval_id: None,
+        implicit: false,
     })
 }
 
@@ -231,6 +232,7 @@ fuzz_target!(|data: &[u8]| {
             ended_at: None,
             on_behalf_of: None,
             approval_id: None,
+            implicit: false,
         };
         tasks.push((&known, open));
         for (agent, task) in &tasks {

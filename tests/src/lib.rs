@@ -285,3 +285,70 @@ pub async fn certified_agent(
         .into_inner();
     Ok((cert, key))
 }
+
+/// A client's DPoP key (P-256) and the proofs it signs (RFC 9449).
+#[derive(Debug)]
+pub struct DpopKey {
+    pair: ring::signature::EcdsaKeyPair,
+}
+
+impl DpopKey {
+    /// A fresh key.
+    pub fn new() -> Self {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        #[allow(clippy::unwrap_used, reason = "generating a key in a test")]
+        let pair = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .and_then(|pkcs8| {
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+                    .map_err(|_| ring::error::Unspecified)
+            })
+            .unwrap();
+        Self { pair }
+    }
+
+    /// The public JWK.
+    pub fn jwk(&self) -> serde_json::Value {
+        use base64::Engine as _;
+        use ring::signature::KeyPair as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let p = self.pair.public_key().as_ref();
+        serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64.encode(&p[1..33]), "y": b64.encode(&p[33..65])})
+    }
+
+    /// Its RFC 7638 thumbprint (`cnf.jkt`).
+    pub fn jkt(&self) -> String {
+        taskpass_core::sha256_b64url(self.jwk().to_string().as_bytes())
+    }
+
+    /// A proof for `method` `url`, now; with `token`, its `ath`.
+    pub fn proof(&self, method: &str, url: &str, token: Option<&str>, jti: &str) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let h = serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk()});
+        let mut c = serde_json::json!({"jti": jti, "htm": method, "htu": url, "iat": now});
+        if let Some(t) = token {
+            c["ath"] = taskpass_core::sha256_b64url(t.as_bytes()).into();
+        }
+        let input = format!(
+            "{}.{}",
+            b64.encode(h.to_string()),
+            b64.encode(c.to_string())
+        );
+        #[allow(clippy::unwrap_used, reason = "signing in a test")]
+        let sig = self
+            .pair
+            .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+            .unwrap();
+        format!("{input}.{}", b64.encode(sig.as_ref()))
+    }
+}
+
+impl Default for DpopKey {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -237,6 +237,16 @@ pub fn decide_issue(
             ),
         ));
     }
+    if task.implicit {
+        return Err(Denial::new(
+            DenialKind::FailedPrecondition,
+            "task_is_implicit",
+            format!(
+                "task {} was opened by the token endpoint for one token: start a task to get more",
+                task.id
+            ),
+        ));
+    }
     if !task.audiences.contains(&req.audience) {
         return Err(Denial::new(
             DenialKind::PermissionDenied,
@@ -363,6 +373,7 @@ mod tests {
             ended_at: None,
             on_behalf_of: None,
             approval_id: None,
+            implicit: false,
         }
     }
 

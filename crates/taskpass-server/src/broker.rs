@@ -60,6 +60,8 @@ pub struct Broker {
     pub(crate) open_revocation_stream: bool,
     /// The token status lists.
     pub(crate) status: crate::status::StatusLists,
+    /// DPoP proofs presented at the token endpoint (RFC 9449 §4.3), each used once.
+    pub(crate) token_proofs: taskpass_verify::DpopVerifier,
 }
 
 /// The caps on what clients hold open.
@@ -214,6 +216,26 @@ pub struct Caller {
     pub conn: Option<Arc<crate::conn::ConnState>>,
 }
 
+/// What an agent asks a token for, as sent (parsed by [`Broker::mint`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TokenAsk<'a> {
+    pub(crate) audience: &'a str,
+    pub(crate) scopes: &'a [String],
+    pub(crate) ttl_seconds: u32,
+    /// RFC 7638 thumbprint of a DPoP key to bind the token to, or empty.
+    pub(crate) dpop_jkt: &'a str,
+}
+
+/// A token decided and signed, not yet recorded.
+#[derive(Debug)]
+pub(crate) struct Minted {
+    pub(crate) record: TokenRecord,
+    pub(crate) audit: AuditEntry,
+    pub(crate) response: pb::IssueTokenResponse,
+    /// Bound to a DPoP key (`token_type` DPoP).
+    pub(crate) bound_to_key: bool,
+}
+
 /// An attested caller: the agent, and the client certificate that proved it under mTLS
 /// attestation (its tokens are bound to it).
 #[derive(Debug)]
@@ -266,6 +288,7 @@ pub(crate) fn task_to_pb(t: &Task, now: i64) -> pb::Task {
         expires_at: t.expires_at,
         on_behalf_of: t.on_behalf_of.clone().unwrap_or_default(),
         approval_id: t.approval_id.clone().unwrap_or_default(),
+        implicit: t.implicit,
     }
 }
 
@@ -292,6 +315,16 @@ impl Broker {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The JOSE algorithm tokens are signed with.
+    pub fn signing_alg(&self) -> &'static str {
+        "EdDSA"
+    }
+
+    /// The token endpoint's DPoP proof checker.
+    pub(crate) fn token_proofs(&self) -> &taskpass_verify::DpopVerifier {
+        &self.token_proofs
     }
 
     pub(crate) fn now(&self) -> i64 {
@@ -493,7 +526,7 @@ impl Broker {
             return Ok(());
         };
         rate.check(agent.id.as_str()).map_err(|wait| {
-            let e = ApiError::ResourceExhausted(format!(
+            let e = ApiError::RateLimited(format!(
                 "agent {} is over its rate limit of {} requests per second: retry in {} ms",
                 agent.name,
                 rate.per_second(),
@@ -558,7 +591,7 @@ impl Broker {
     }
 
     /// The canonical task id and the agent's own task, or the refusal (counted).
-    async fn load_own_task(
+    pub(crate) async fn load_own_task(
         &self,
         agent: &Agent,
         action: &'static str,
@@ -609,13 +642,26 @@ impl Broker {
             Ok(p) => p,
             Err(e) => return Err(self.refuse(&agent, "start_task", input_rule(&e), "", e)),
         };
+        let (task, audit) = self.open_task(&agent, parsed, "start_task").await?;
+        let task = self.store.create_task(task, audit).await?;
+        Ok(task_to_pb(&task, self.now()))
+    }
+
+    /// A new task for `agent` and its audit entry, decided but not yet recorded. A denial is
+    /// audited under `action`.
+    pub(crate) async fn open_task(
+        &self,
+        agent: &Agent,
+        parsed: StartRequest,
+        action: &'static str,
+    ) -> Result<(Task, AuditEntry), ApiError> {
         let now = self.now();
-        let grant = match decide_start_task(&agent, &parsed, now, &self.limits) {
+        let grant = match decide_start_task(agent, &parsed, now, &self.limits) {
             Ok(g) => g,
             Err(d) => {
                 let rule = d.rule;
-                let err = self.deny(&agent, "start_task", "", d.into()).await;
-                tracing::info!(rule, "start_task denied");
+                let err = self.deny(agent, action, "", d.into()).await;
+                tracing::info!(rule, action, "denied");
                 return Err(err);
             }
         };
@@ -631,9 +677,10 @@ impl Broker {
             ended_at: None,
             on_behalf_of: None,
             approval_id: None,
+            implicit: false,
         };
         tracing::Span::current().record("task_id", task.id.to_string());
-        let mut a = AuditEntry::draft(now, agent.id.as_str(), "start_task");
+        let mut a = AuditEntry::draft(now, agent.id.as_str(), action);
         a.reason = "allow_lists".into();
         a.agent_id = agent.id.to_string();
         a.task_id = task.id.to_string();
@@ -647,8 +694,7 @@ impl Broker {
             task.scopes.to_claim().replace(' ', ","),
             task.expires_at
         );
-        let task = self.store.create_task(task, a).await?;
-        Ok(task_to_pb(&task, now))
+        Ok((task, a))
     }
 
     /// IssueToken.
@@ -664,15 +710,45 @@ impl Broker {
         let task = self
             .load_own_task(&agent, "issue_token", &req.task_id)
             .await?;
+        let minted = self
+            .mint(
+                &agent,
+                certificate.as_ref(),
+                &task,
+                TokenAsk {
+                    audience: &req.audience,
+                    scopes: &req.scopes,
+                    ttl_seconds: req.ttl_seconds,
+                    dpop_jkt: &req.dpop_jkt,
+                },
+                "issue_token",
+            )
+            .await?;
+        // Durable before the token leaves: a crash after this point loses nothing acknowledged.
+        self.store.record_token(minted.record, minted.audit).await?;
+        Ok(minted.response)
+    }
+
+    /// A signed token for `task` and its audit entry, decided but not yet recorded: the
+    /// caller records both before the token leaves. Refusals are counted (bad input) or
+    /// audited (policy) under `action`.
+    pub(crate) async fn mint(
+        &self,
+        agent: &Agent,
+        certificate: Option<&CertificateIdentity>,
+        task: &Task,
+        ask: TokenAsk<'_>,
+        action: &'static str,
+    ) -> Result<Minted, ApiError> {
         let task_id = task.id.to_string();
-        let cnf = certificate.map(|c| Confirmation::Certificate(c.thumbprint));
-        let cnf = match (cnf, req.dpop_jkt.as_str()) {
+        let cnf = certificate.map(|c| Confirmation::Certificate(c.thumbprint.clone()));
+        let cnf = match (cnf, ask.dpop_jkt) {
             (cnf, "") => cnf,
             (Some(_), _) => {
                 let e = ApiError::InvalidArgument(
                     "dpop_jkt cannot be used with mTLS attestation: those tokens are bound to the client certificate".into(),
                 );
-                return Err(self.refuse(&agent, "issue_token", "malformed_request", &task_id, e));
+                return Err(self.refuse(agent, action, "malformed_request", &task_id, e));
             }
             (None, jkt) if taskpass_core::is_thumbprint(jkt) => {
                 Some(Confirmation::Key(jkt.to_owned()))
@@ -681,28 +757,28 @@ impl Broker {
                 let e = ApiError::InvalidArgument(
                     "dpop_jkt must be the RFC 7638 SHA-256 thumbprint of the DPoP public key, base64url without padding (43 characters)".into(),
                 );
-                return Err(self.refuse(&agent, "issue_token", "malformed_request", &task_id, e));
+                return Err(self.refuse(agent, action, "malformed_request", &task_id, e));
             }
         };
         let parsed = (|| {
             Ok::<_, ApiError>(IssueRequest {
-                audience: Audience::parse(&req.audience)
+                audience: Audience::parse(ask.audience)
                     .map_err(|e| ApiError::field("audience", e))?,
-                scopes: ScopeSet::parse(&req.scopes).map_err(|e| ApiError::field("scopes", e))?,
-                ttl_seconds: req.ttl_seconds,
+                scopes: ScopeSet::parse(ask.scopes).map_err(|e| ApiError::field("scopes", e))?,
+                ttl_seconds: ask.ttl_seconds,
             })
         })();
         let parsed = match parsed {
             Ok(p) => p,
             Err(e) => {
-                return Err(self.refuse(&agent, "issue_token", input_rule(&e), &task_id, e));
+                return Err(self.refuse(agent, action, input_rule(&e), &task_id, e));
             }
         };
         let now = self.now();
-        let grant = match decide_issue(&agent, &task, &parsed, now, &self.limits) {
+        let grant = match decide_issue(agent, task, &parsed, now, &self.limits) {
             Ok(g) => g,
             Err(d) => {
-                return Err(self.deny(&agent, "issue_token", &task_id, d.into()).await);
+                return Err(self.deny(agent, action, &task_id, d.into()).await);
             }
         };
         let mut record = TokenRecord {
@@ -726,10 +802,11 @@ impl Broker {
             AccessClaims::for_record(&self.issuer, &record, task.on_behalf_of.as_deref());
         // RFC 8705: a token issued under mTLS attestation is bound to that certificate; RFC
         // 9449: one asked for with a DPoP key thumbprint is bound to that key.
+        let bound_to_key = matches!(cnf, Some(Confirmation::Key(_)));
         claims.cnf = cnf;
         claims.status = Some(status);
         let access_token = self.keys.sign(&claims)?;
-        let mut a = AuditEntry::draft(now, agent.id.as_str(), "issue_token");
+        let mut a = AuditEntry::draft(now, agent.id.as_str(), action);
         a.reason = "task_grant".into();
         a.agent_id = agent.id.to_string();
         a.task_id = task_id;
@@ -746,9 +823,12 @@ impl Broker {
             expires_at: record.expires_at,
             scopes: record.scopes.to_strings(),
         };
-        // Durable before the token leaves: a crash after this point loses nothing acknowledged.
-        self.store.record_token(record, a).await?;
-        Ok(response)
+        Ok(Minted {
+            record,
+            audit: a,
+            response,
+            bound_to_key,
+        })
     }
 
     /// CompleteTask.

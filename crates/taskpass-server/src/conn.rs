@@ -461,10 +461,22 @@ async fn serve_https_connection(
 ) {
     let Accepted { stream, permit } = accepted;
     let state = ConnState::new(permit.client());
+    // Who is calling, for the handlers that need it (the token endpoint). The certificates
+    // are only those the handshake saw: nothing reads them without verifying them.
+    let caller = crate::broker::Caller {
+        addr: stream.get_ref().0.peer_addr().ok(),
+        certs: stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| Arc::new(c.to_vec())),
+        conn: Some(Arc::clone(&state)),
+    };
     let svc = {
         let state = Arc::clone(&state);
-        tower::service_fn(move |req: http::Request<Incoming>| {
+        tower::service_fn(move |mut req: http::Request<Incoming>| {
             let in_flight = state.begin();
+            req.extensions_mut().insert(caller.clone());
             let fut = router.clone().call(req);
             let deadline = settings.request_timeout;
             async move {

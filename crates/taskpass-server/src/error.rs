@@ -14,6 +14,10 @@ pub enum ApiError {
     /// Attested, but policy or allow-lists say no.
     #[error("{0}")]
     PermissionDenied(String),
+    /// A decision of the domain's policy, with the rule that made it (its code follows the
+    /// denial's kind; the token endpoint also reads the rule).
+    #[error("{0}")]
+    Denied(Denial),
     /// Malformed request.
     #[error("{0}")]
     InvalidArgument(String),
@@ -26,9 +30,12 @@ pub enum ApiError {
     /// Not in a state that allows it.
     #[error("{0}")]
     FailedPrecondition(String),
-    /// Size or rate limits.
+    /// Size limits.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A rate limit: retry later.
+    #[error("{0}")]
+    RateLimited(String),
     /// Not available on this broker.
     #[error("{0}")]
     Unimplemented(String),
@@ -52,11 +59,17 @@ impl ApiError {
         match self {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::Denied(d) => match d.kind {
+                DenialKind::InvalidArgument => Code::InvalidArgument,
+                DenialKind::FailedPrecondition => Code::FailedPrecondition,
+                // A feature this broker does not enable is a policy "no", naming its rule.
+                _ => Code::PermissionDenied,
+            },
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::NotFound(_) => Code::NotFound,
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
-            Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::ResourceExhausted(_) | Self::RateLimited(_) => Code::ResourceExhausted,
             Self::Unimplemented(_) => Code::Unimplemented,
             Self::OutOfRange(_) => Code::OutOfRange,
             Self::Unavailable(_) => Code::Unavailable,
@@ -112,13 +125,68 @@ impl From<serde_json::Error> for ApiError {
 
 impl From<Denial> for ApiError {
     fn from(d: Denial) -> Self {
-        let msg = d.to_string();
-        match d.kind {
-            DenialKind::InvalidArgument => Self::InvalidArgument(msg),
-            DenialKind::PermissionDenied => Self::PermissionDenied(msg),
-            DenialKind::FailedPrecondition => Self::FailedPrecondition(msg),
-            // A feature this broker does not enable is a policy "no", naming its rule.
-            _ => Self::PermissionDenied(msg),
+        Self::Denied(d)
+    }
+}
+
+/// An error of the OAuth token endpoint (RFC 6749 §5.2): the HTTP status, the `error` code and
+/// a description a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    /// 400 for the request's fault, 401 for failed client authentication, 429, 503, 500.
+    pub status: u16,
+    /// `invalid_request`, `invalid_client`, `invalid_grant`, `unauthorized_client`,
+    /// `unsupported_grant_type`, `invalid_scope`, `invalid_target` (RFC 8707),
+    /// `invalid_dpop_proof` (RFC 9449), `temporarily_unavailable`, `server_error`.
+    pub error: &'static str,
+    /// `error_description`.
+    pub description: String,
+}
+
+impl OAuthError {
+    /// A 400 with this code.
+    pub fn bad(error: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            status: 400,
+            error,
+            description: description.into(),
+        }
+    }
+}
+
+impl ApiError {
+    /// The token endpoint's answer for this error. `client_auth`: the grant authenticates a
+    /// client (client_credentials), so a refused attestation is `invalid_client` (401)
+    /// rather than `invalid_grant`.
+    pub fn oauth(&self, client_auth: bool) -> OAuthError {
+        let description = self.to_string();
+        let (status, error) = match self {
+            Self::Unauthenticated(_) if client_auth => (401, "invalid_client"),
+            Self::Unauthenticated(_) => (400, "invalid_grant"),
+            Self::Denied(d) => match d.rule {
+                r if r.starts_with("audience") => (400, "invalid_target"),
+                r if r.starts_with("scope") => (400, "invalid_scope"),
+                _ if d.kind == DenialKind::InvalidArgument => (400, "invalid_request"),
+                _ => (400, "invalid_grant"),
+            },
+            Self::PermissionDenied(_) => (400, "unauthorized_client"),
+            Self::NotFound(_) | Self::FailedPrecondition(_) => (400, "invalid_grant"),
+            Self::RateLimited(_) => (429, "temporarily_unavailable"),
+            Self::Unavailable(_) | Self::DeadlineExceeded(_) => (503, "temporarily_unavailable"),
+            Self::Internal(detail) => {
+                tracing::error!(detail = %detail, "internal error");
+                return OAuthError {
+                    status: 500,
+                    error: "server_error",
+                    description: "internal error in the broker; its log has the detail".into(),
+                };
+            }
+            _ => (400, "invalid_request"),
+        };
+        OAuthError {
+            status,
+            error,
+            description,
         }
     }
 }

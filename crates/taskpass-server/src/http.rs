@@ -1,4 +1,5 @@
-//! The HTTPS endpoints: JWKS, RFC 8414 metadata, health and Prometheus metrics.
+//! The HTTPS endpoints: JWKS, status lists, the OAuth token endpoint and its RFC 8414
+//! metadata (`oauth/`), health and Prometheus metrics.
 
 use std::sync::Arc;
 
@@ -14,7 +15,12 @@ use crate::broker::Broker;
 pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
         .route("/.well-known/jwks.json", get(jwks))
-        .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route(crate::oauth::METADATA_PATHS[0], get(crate::oauth::metadata))
+        .route(crate::oauth::METADATA_PATHS[1], get(crate::oauth::metadata))
+        .route(
+            crate::oauth::TOKEN_PATH,
+            axum::routing::post(crate::oauth::token),
+        )
         .route("/statuslists/{n}", get(status_list))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -61,20 +67,6 @@ async fn status_list(
             (StatusCode::SERVICE_UNAVAILABLE, "status list unavailable\n").into_response()
         }
     }
-}
-
-async fn metadata(State(b): State<Arc<Broker>>) -> impl IntoResponse {
-    let doc = serde_json::json!({
-        "issuer": b.issuer(),
-        "jwks_uri": format!("{}/.well-known/jwks.json", b.issuer().trim_end_matches('/')),
-        "token_endpoint_auth_methods_supported": ["none"],
-        "response_types_supported": [],
-        "grant_types_supported": [],
-    });
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        doc.to_string(),
-    )
 }
 
 async fn healthz(State(b): State<Arc<Broker>>) -> impl IntoResponse {

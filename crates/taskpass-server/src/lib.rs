@@ -22,6 +22,7 @@ mod grpc;
 mod http;
 mod keys;
 mod metrics;
+mod oauth;
 mod operators;
 mod pki;
 mod principals;

@@ -252,6 +252,10 @@ pub async fn serve(
             config.validation.status_list_ttl_seconds,
             store.last_status_index().await?,
         ),
+        token_proofs: taskpass_verify::DpopVerifier::new(
+            u32::try_from(taskpass_verify::DEFAULT_PROOF_WINDOW_SECS).unwrap_or(60),
+            taskpass_verify::DEFAULT_REPLAY_CACHE,
+        ),
         conns: crate::broker::Connections {
             grpc: Admission::new(
                 "grpc",
@@ -326,12 +330,9 @@ pub async fn serve(
     // HTTPS.
     let caps = &config.caps;
     let handshake = Duration::from_secs(u64::from(caps.handshake_timeout_seconds));
-    let http_tls = crate::tls::server_config(
-        &broker_ca,
-        crate::tls::ClientCerts::Verified,
-        &certs,
-        &[b"h2", b"http/1.1"],
-    )?;
+    // Client certificates as on the gRPC listener: the token endpoint's tls_client_auth
+    // verifies them (agents' against their CAs), nothing else reads them.
+    let http_tls = crate::tls::server_config(&agent_roots, &certs, &[b"h2", b"http/1.1"])?;
     tasks.push(tokio::spawn(crate::conn::serve_https(
         crate::tls::incoming(
             http_listener,
@@ -382,12 +383,7 @@ pub async fn serve(
     let routes = tower::ServiceBuilder::new()
         .map_response(size_limit_is_resource_exhausted)
         .service(routes);
-    let grpc_tls = crate::tls::server_config(
-        &agent_roots,
-        crate::tls::ClientCerts::Deferred,
-        &certs,
-        &[b"h2"],
-    )?;
+    let grpc_tls = crate::tls::server_config(&agent_roots, &certs, &[b"h2"])?;
     let grpc = tokio::spawn(crate::conn::serve_grpc(
         crate::tls::incoming(
             grpc_listener,

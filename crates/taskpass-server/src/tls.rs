@@ -109,25 +109,16 @@ fn certified(
     Ok(ck)
 }
 
-/// Which client certificates the TLS handshake itself accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientCerts {
-    /// Only chains to the roots (the HTTPS listener).
-    Verified,
-    /// Any certificate whose key signs the handshake; the chain is verified above TLS, on
-    /// every use, by the verifier of the identity it claims (`taskpass_attest::X509Verifier`:
-    /// operators against the broker's CA alone, agents per `[[attestation.x509]]`). So a bad
-    /// agent certificate is answered UNAUTHENTICATED with its reason rather than a TLS alert.
-    /// Nothing may read the peer certificates of such a connection without verifying them.
-    Deferred,
-}
-
 /// The server config; `alpn` lists the protocols offered. A client certificate is optional;
-/// `client_roots` are the CAs hinted to clients (and, with [`ClientCerts::Verified`], the
-/// only ones accepted).
+/// `client_roots` are the CAs hinted to clients.
+///
+/// The handshake accepts any certificate whose key signs it; the chain is verified above TLS,
+/// on every use, by the verifier of the identity it claims (`taskpass_attest::X509Verifier`:
+/// operators and validators against the broker's CA alone, agents per `[[attestation.x509]]`).
+/// So a bad agent certificate is answered with its reason rather than a TLS alert. Nothing may
+/// read the peer certificates of a connection without verifying them.
 pub fn server_config(
     client_roots: &[CertificateDer<'static>],
-    client_certs: ClientCerts,
     certs_in_use: &Arc<CertStore>,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
@@ -140,10 +131,8 @@ pub fn server_config(
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
             .allow_unauthenticated()
             .build()?;
-    let verifier: Arc<dyn ClientCertVerifier> = match client_certs {
-        ClientCerts::Verified => verifier,
-        ClientCerts::Deferred => Arc::new(DeferredClientVerifier { hints: verifier }),
-    };
+    let verifier: Arc<dyn ClientCertVerifier> =
+        Arc::new(DeferredClientVerifier { hints: verifier });
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -152,8 +141,8 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
-/// Accepts any client certificate whose key signs the handshake (see
-/// [`ClientCerts::Deferred`]); root hints and signature checks are the WebPKI verifier's.
+/// Accepts any client certificate whose key signs the handshake (see [`server_config`]);
+/// root hints and signature checks are the WebPKI verifier's.
 #[derive(Debug)]
 struct DeferredClientVerifier {
     hints: Arc<dyn ClientCertVerifier>,
@@ -346,7 +335,7 @@ mod tests {
         let pki = crate::pki::bootstrap(dir.path(), &td, &[], &[]).unwrap();
         let store = CertStore::new(&pki.server_chain_pem, &pki.server_key_pem).unwrap();
         let roots = certs("CA", &pki.ca_pem).unwrap();
-        let cfg = server_config(&roots, ClientCerts::Verified, &store, &[b"http/1.1"]).unwrap();
+        let cfg = server_config(&roots, &store, &[b"http/1.1"]).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let admission = Admission::new("test", 16, 16);

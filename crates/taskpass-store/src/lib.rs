@@ -216,6 +216,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Records a new task, after checking that its agent is still active.
     async fn create_task(&self, task: Task, audit: AuditDraft) -> Result<Task, StoreError>;
 
+    /// Records a new task and its one token in one write (both or neither), after the
+    /// checks of [`Store::create_task`] and [`Store::record_token`].
+    async fn create_task_with_token(
+        &self,
+        task: Task,
+        task_audit: AuditDraft,
+        token: TokenRecord,
+        token_audit: AuditDraft,
+    ) -> Result<Task, StoreError>;
+
     /// The task with this id.
     async fn task(&self, id: &TaskId) -> Result<Option<Task>, StoreError>;
 

@@ -102,6 +102,8 @@ enum Command {
     UpdateAgent(Agent, AuditDraft),
     ChangeAgentState(ChangeAgentState),
     CreateTask(Task, AuditDraft),
+    /// A task and its one token, in one write (the token endpoint's implicit tasks).
+    CreateTaskWithToken(Box<(Task, AuditDraft, TokenRecord, AuditDraft)>),
     EndTask(EndTask),
     ExpireTasks(i64),
     RecordToken(TokenRecord, AuditDraft),
@@ -593,6 +595,7 @@ fn audit_draft(cmd: &Command) -> Option<&AuditDraft> {
         | Command::AppendAudit(a)
         | Command::RevokeToken { audit: a, .. } => Some(a),
         Command::AppendAudits(_) => None,
+        Command::CreateTaskWithToken(pair) => Some(&pair.1),
         Command::ChangeAgentState(c) => Some(&c.audit),
         Command::RecordCertificate(c) => Some(&c.audit),
         Command::RevokeCertificate(c) => Some(&c.audit),
@@ -648,6 +651,72 @@ fn get_json<T: DeserializeOwned>(
 
 fn agent_name_of(id: &AgentId) -> &str {
     id.as_str().rsplit('/').next().unwrap_or_default()
+}
+
+fn create_task(
+    t: &mut Tables<'_>,
+    rec: &mut Records<'_>,
+    heads: &mut Heads,
+    task: &Task,
+    audit: &AuditDraft,
+) -> Result<Outcome, StoreError> {
+    rec.active_agent(t, &task.agent)?;
+    let id = task.id.to_string();
+    rec.put_task(t, &id, task.clone())?;
+    t.tasks_by_agent
+        .insert((task.agent.as_str(), id.as_str()), ())?;
+    if task.state == TaskState::Open {
+        t.deadlines.insert((task.expires_at, id.as_str()), ())?;
+    }
+    append_audit(t, heads, audit.clone())?;
+    Ok(Outcome::Task(task.clone()))
+}
+
+/// A position is given once: a second token there would share its status.
+fn status_index_free(t: &Tables<'_>, token: &TokenRecord) -> Result<(), StoreError> {
+    if let Some(i) = token.status_index
+        && t.status_index.get(i)?.is_some()
+    {
+        return Err(StoreError::Precondition(format!(
+            "status index {i} is taken"
+        )));
+    }
+    Ok(())
+}
+
+fn record_token(
+    t: &mut Tables<'_>,
+    rec: &mut Records<'_>,
+    heads: &mut Heads,
+    token: &TokenRecord,
+    audit: &AuditDraft,
+) -> Result<Outcome, StoreError> {
+    rec.active_agent(t, &token.agent)?;
+    let task_id = token.task.to_string();
+    let task = rec
+        .task(t, &task_id)?
+        .filter(|task| task.agent == token.agent)
+        .ok_or_else(|| StoreError::NotFound {
+            what: format!("task {task_id}"),
+        })?;
+    let state = task.effective_state(token.issued_at);
+    if state != TaskState::Open {
+        return Err(StoreError::Precondition(format!(
+            "task {task_id} is {}",
+            state.as_str()
+        )));
+    }
+    let id = token.id.to_string();
+    status_index_free(t, token)?;
+    t.tokens
+        .insert(id.as_str(), encode("token", token)?.as_slice())?;
+    t.tokens_by_task
+        .insert((task_id.as_str(), id.as_str()), ())?;
+    if let Some(i) = token.status_index {
+        t.status_index.insert(i, id.as_str())?;
+    }
+    append_audit(t, heads, audit.clone())?;
+    Ok(Outcome::Done)
 }
 
 fn apply(
@@ -821,17 +890,26 @@ fn apply(
                 revoked_tasks,
             }))
         }
-        Command::CreateTask(task, audit) => {
+        Command::CreateTask(task, audit) => create_task(t, rec, heads, task, audit),
+        Command::CreateTaskWithToken(pair) => {
+            let (task, task_audit, token, token_audit) = &**pair;
+            // Every check of both before any write: the pair is made whole or not at all.
             rec.active_agent(t, &task.agent)?;
-            let id = task.id.to_string();
-            rec.put_task(t, &id, task.clone())?;
-            t.tasks_by_agent
-                .insert((task.agent.as_str(), id.as_str()), ())?;
-            if task.state == TaskState::Open {
-                t.deadlines.insert((task.expires_at, id.as_str()), ())?;
+            if token.task != task.id || token.agent != task.agent {
+                return Err(StoreError::Precondition(
+                    "the token is not for the task made with it".into(),
+                ));
             }
-            append_audit(t, heads, audit.clone())?;
-            Ok(Outcome::Task(task.clone()))
+            if task.effective_state(token.issued_at) != TaskState::Open {
+                return Err(StoreError::Precondition(format!(
+                    "task {} is not open when its token is issued",
+                    task.id
+                )));
+            }
+            status_index_free(t, token)?;
+            let made = create_task(t, rec, heads, task, task_audit)?;
+            record_token(t, rec, heads, token, token_audit)?;
+            Ok(made)
         }
         Command::EndTask(end) => {
             let id = end.task.to_string();
@@ -894,41 +972,7 @@ fn apply(
             }
             Ok(Outcome::Expired(ended))
         }
-        Command::RecordToken(token, audit) => {
-            rec.active_agent(t, &token.agent)?;
-            let task_id = token.task.to_string();
-            let task = rec
-                .task(t, &task_id)?
-                .filter(|task| task.agent == token.agent)
-                .ok_or_else(|| StoreError::NotFound {
-                    what: format!("task {task_id}"),
-                })?;
-            let state = task.effective_state(token.issued_at);
-            if state != TaskState::Open {
-                return Err(StoreError::Precondition(format!(
-                    "task {task_id} is {}",
-                    state.as_str()
-                )));
-            }
-            let id = token.id.to_string();
-            if let Some(i) = token.status_index
-                && t.status_index.get(i)?.is_some()
-            {
-                // A position is given once: a second token there would share its status.
-                return Err(StoreError::Precondition(format!(
-                    "status index {i} is taken"
-                )));
-            }
-            t.tokens
-                .insert(id.as_str(), encode("token", token)?.as_slice())?;
-            t.tokens_by_task
-                .insert((task_id.as_str(), id.as_str()), ())?;
-            if let Some(i) = token.status_index {
-                t.status_index.insert(i, id.as_str())?;
-            }
-            append_audit(t, heads, audit.clone())?;
-            Ok(Outcome::Done)
-        }
+        Command::RecordToken(token, audit) => record_token(t, rec, heads, token, audit),
         Command::RevokeToken {
             id,
             reason,
@@ -1399,6 +1443,19 @@ impl Store for RedbStore {
             return Ok(Vec::new());
         }
         expect_outcome!(self.submit(Command::ExpireTasks(now)).await, Outcome::Expired(e) => e)
+    }
+
+    async fn create_task_with_token(
+        &self,
+        task: Task,
+        task_audit: AuditDraft,
+        token: TokenRecord,
+        token_audit: AuditDraft,
+    ) -> Result<Task, StoreError> {
+        expect_outcome!(
+            self.submit(Command::CreateTaskWithToken(Box::new((task, task_audit, token, token_audit)))).await,
+            Outcome::Task(t) => t
+        )
     }
 
     async fn record_token(&self, token: TokenRecord, audit: AuditDraft) -> Result<(), StoreError> {

@@ -55,6 +55,17 @@ pub struct TestBroker {
 impl TestBroker {
     /// The config a test broker runs with: loopback, kernel-chosen ports, trusting `issuer`.
     pub fn config_toml(data_dir: &Path, issuer: &DevIssuer, extra: &str) -> anyhow::Result<String> {
+        Self::config_toml_for(data_dir, issuer, extra, true)
+    }
+
+    /// [`TestBroker::config_toml`]; without `named_issuer` the broker's issuer is its own
+    /// HTTPS address (what OAuth clients, which check the metadata's `issuer`, need).
+    fn config_toml_for(
+        data_dir: &Path,
+        issuer: &DevIssuer,
+        extra: &str,
+        named_issuer: bool,
+    ) -> anyhow::Result<String> {
         let ca = data_dir.join("issuer-ca.pem");
         std::fs::create_dir_all(data_dir)?;
         issuer.write_ca(&ca)?;
@@ -64,7 +75,7 @@ listen = "127.0.0.1:0"
 http_listen = "127.0.0.1:0"
 data_dir = "{dir}"
 trust_domain = "example.org"
-issuer = "{BROKER_ISSUER}"
+{issuer_line}
 
 [[attestation.oidc]]
 issuer = "{iss}"
@@ -80,6 +91,11 @@ ca_file = "{ca}"
                 ""
             } else {
                 "[limits]\nagent_requests_per_second = 0\nrefusal_audit_interval_seconds = 1\n"
+            },
+            issuer_line = if named_issuer {
+                format!("issuer = \"{BROKER_ISSUER}\"")
+            } else {
+                String::new()
             },
             dir = data_dir.display(),
             iss = issuer.issuer(),
@@ -101,6 +117,19 @@ ca_file = "{ca}"
         Ok(b)
     }
 
+    /// Like [`TestBroker::start_with`], the broker's issuer being its own HTTPS address
+    /// ([`TestBroker::http_url`](TestBroker)) rather than [`BROKER_ISSUER`].
+    pub async fn start_self_issued(issuer: &DevIssuer, extra: &str) -> anyhow::Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("data");
+        let config = Self::config_toml_for(&dir, issuer, extra, false)?;
+        std::fs::write(tmp.path().join("taskpass.toml"), config)?;
+        let mut b = Self::configure_written(tmp.path())?;
+        b._tmp = Some(tmp);
+        b.spawn().await?;
+        Ok(b)
+    }
+
     /// Like [`TestBroker::start_with`] with the data dir at `root/data`, which the caller
     /// made (a mounted tmpfs, for instance); the config is written to `root/taskpass.toml`.
     pub async fn start_in(issuer: &DevIssuer, root: &Path, extra: &str) -> anyhow::Result<Self> {
@@ -114,6 +143,12 @@ ca_file = "{ca}"
         let dir = root.join("data");
         let config = Self::config_toml(&dir, issuer, extra)?;
         std::fs::write(root.join("taskpass.toml"), config)?;
+        Self::configure_written(root)
+    }
+
+    /// The broker of the config already written at `root/taskpass.toml`; starts nothing.
+    fn configure_written(root: &Path) -> anyhow::Result<Self> {
+        let dir = root.join("data");
         Ok(Self {
             dir,
             _tmp: None,

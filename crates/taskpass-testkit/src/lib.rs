@@ -14,6 +14,6 @@ mod issuer;
 mod pki;
 
 pub use broker::{ATTESTATION_AUDIENCE, BROKER_ISSUER, TestBroker, workspace_bin};
-pub use https::{HttpAnswer, http_get, https_get};
+pub use https::{HttpAnswer, HttpsRequest, http_get, https_get, https_post_form};
 pub use issuer::{DevIssuer, TokenAlg, TokenSpec};
 pub use pki::TestCa;

@@ -85,6 +85,31 @@ fn bad(what: &'static str) -> VerifyError {
     VerifyError::InvalidProof(what)
 }
 
+/// Checks DPoP proofs where a token is asked for (RFC 9449 §4.3, §5): at a token endpoint
+/// the proof carries no `ath`, and its key is the one the token will be bound to.
+#[derive(Debug)]
+pub struct DpopVerifier {
+    window: i64,
+    replays: ReplayCache,
+}
+
+impl DpopVerifier {
+    /// Proofs whose `iat` is within `window_secs` of now, their `jti`s remembered (at most
+    /// `replay_cache` of them) so that each is used once.
+    pub fn new(window_secs: u32, replay_cache: usize) -> Self {
+        Self {
+            window: i64::from(window_secs),
+            replays: ReplayCache::new(replay_cache),
+        }
+    }
+
+    /// Verifies the proof of a token request (`htm` and `htu` those of `req`, fresh, not
+    /// replayed) at time `now`; returns the RFC 7638 thumbprint of its key (`cnf.jkt`).
+    pub fn token_request(&self, req: &DpopRequest<'_>, now: i64) -> Result<String, VerifyError> {
+        verify(req, None, None, now, self.window, &self.replays)
+    }
+}
+
 /// Checks `req` for an access token bound to the key with thumbprint `jkt`.
 pub(crate) fn check(
     req: &DpopRequest<'_>,
@@ -94,6 +119,19 @@ pub(crate) fn check(
     window: i64,
     cache: &ReplayCache,
 ) -> Result<(), VerifyError> {
+    verify(req, Some(access_token), Some(jkt), now, window, cache).map(|_| ())
+}
+
+/// Checks a proof: with `access_token`, its `ath` must be that token's hash; with `jkt`, its
+/// key must be that one. Returns the key's thumbprint.
+fn verify(
+    req: &DpopRequest<'_>,
+    access_token: Option<&str>,
+    jkt: Option<&taskpass_core::Confirmation>,
+    now: i64,
+    window: i64,
+    cache: &ReplayCache,
+) -> Result<String, VerifyError> {
     if req.proof.len() > MAX_PROOF_BYTES {
         return Err(bad("size"));
     }
@@ -119,7 +157,7 @@ pub(crate) fn check(
         .and_then(Value::as_object)
         .ok_or(bad("jwk"))?;
     let (key, thumbprint) = public_key(jwk, alg)?;
-    if !jkt.matches_key(&thumbprint) {
+    if jkt.is_some_and(|j| !j.matches_key(&thumbprint)) {
         return Err(VerifyError::WrongHolder);
     }
     let signing_input = &req.proof[..h.len() + 1 + p.len()];
@@ -154,15 +192,17 @@ pub(crate) fn check(
     if (now - iat).abs() > window {
         return Err(bad("iat"));
     }
-    let ath = taskpass_core::sha256_b64url(access_token.as_bytes());
-    if text("ath")? != ath {
-        return Err(bad("ath"));
+    if let Some(token) = access_token {
+        let ath = taskpass_core::sha256_b64url(token.as_bytes());
+        if text("ath")? != ath {
+            return Err(bad("ath"));
+        }
     }
     // Per key: one client's jti cannot collide with another's.
     if !cache.first_use(&format!("{thumbprint} {jti}"), iat + window, now) {
         return Err(VerifyError::ReplayedProof);
     }
-    Ok(())
+    Ok(thumbprint)
 }
 
 /// A base64url part holding a JSON object without repeated names.

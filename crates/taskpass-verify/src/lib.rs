@@ -46,7 +46,9 @@ pub mod middleware;
 mod status_list;
 mod verifier;
 
-pub use dpop::{DEFAULT_PROOF_WINDOW_SECS, DEFAULT_REPLAY_CACHE, DpopRequest, MAX_PROOF_BYTES};
+pub use dpop::{
+    DEFAULT_PROOF_WINDOW_SECS, DEFAULT_REPLAY_CACHE, DpopRequest, DpopVerifier, MAX_PROOF_BYTES,
+};
 pub use error::VerifyError;
 pub use keys::{KeySet, MAX_JWKS_BYTES, MAX_JWKS_KEYS};
 #[cfg(feature = "live")]

@@ -46,6 +46,7 @@ fn task(agent: &Agent, now: i64, secs: i64) -> Task {
         ended_at: None,
         on_behalf_of: None,
         approval_id: None,
+        implicit: false,
     }
 }
 
@@ -424,4 +425,65 @@ async fn cached_reads_match_the_file() {
         from_file[1].0.as_ref().unwrap().state,
         AgentState::Suspended
     );
+}
+
+#[tokio::test]
+async fn a_task_and_its_token_are_written_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let store = RedbStore::open(&path, StoreOptions::default()).unwrap();
+    let a = agent("bot", "sub-1");
+    store
+        .register_agent(a.clone(), draft("register"))
+        .await
+        .unwrap();
+    let mut t = task(&a, 1000, 300);
+    t.implicit = true;
+    let mut rec = token(&t, 1000, 300);
+    rec.status_index = Some(7);
+    let made = store
+        .create_task_with_token(t.clone(), draft("start"), rec.clone(), draft("issue"))
+        .await
+        .unwrap();
+    assert!(made.implicit);
+    assert!(store.task(&t.id).await.unwrap().unwrap().implicit);
+    assert_eq!(store.token(&rec.id).await.unwrap().unwrap(), rec);
+    let before = store.stats().await.unwrap();
+
+    // The position is taken: neither the task nor the token is written.
+    let t2 = task(&a, 1000, 300);
+    let mut rec2 = token(&t2, 1000, 300);
+    rec2.status_index = Some(7);
+    let e = store
+        .create_task_with_token(t2.clone(), draft("start"), rec2.clone(), draft("issue"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Precondition(_)), "{e:?}");
+    assert!(store.task(&t2.id).await.unwrap().is_none());
+    assert!(store.token(&rec2.id).await.unwrap().is_none());
+    // A token for another task, or issued after the task's deadline: refused too.
+    let t3 = task(&a, 1000, 300);
+    let e = store
+        .create_task_with_token(
+            t3.clone(),
+            draft("start"),
+            token(&t2, 1000, 300),
+            draft("issue"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Precondition(_)), "{e:?}");
+    let e = store
+        .create_task_with_token(
+            t3.clone(),
+            draft("start"),
+            token(&t3, 1300, 60),
+            draft("issue"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Precondition(_)), "{e:?}");
+    assert!(store.task(&t3.id).await.unwrap().is_none());
+    let after = store.stats().await.unwrap();
+    assert_eq!((before.tasks, before.tokens), (after.tasks, after.tokens));
 }

@@ -52,6 +52,7 @@ impl Command {
     pub(super) fn lane(&self) -> Lane {
         match self {
             Command::CreateTask(..)
+            | Command::CreateTaskWithToken(..)
             | Command::RecordToken(..)
             | Command::AppendAudit(_)
             | Command::AppendAudits(_) => Lane::Agent,
