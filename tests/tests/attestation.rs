@@ -148,6 +148,7 @@ async fn refused_everywhere(
         .complete_task(pb::CompleteTaskRequest {
             attestation,
             task_id: task_id.into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

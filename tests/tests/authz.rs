@@ -351,6 +351,7 @@ async fn another_agents_task_is_not_found() {
             .complete_task(pb::CompleteTaskRequest {
                 attestation: att(&issuer, "sub-b"),
                 task_id: id.into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -451,6 +452,7 @@ async fn malformed_requests_are_invalid_argument() {
             .complete_task(pb::CompleteTaskRequest {
                 attestation: att(&issuer, "sub-a"),
                 task_id: "nope".into(),
+                ..Default::default()
             })
             .await
             .unwrap_err(),
@@ -690,6 +692,7 @@ async fn suspend_resume_offboard() {
         .complete_task(pb::CompleteTaskRequest {
             attestation: att(&issuer, "sub-a"),
             task_id: task.task_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -842,6 +845,7 @@ async fn operator_revokes_a_token_and_a_task() {
         .complete_task(pb::CompleteTaskRequest {
             attestation: att(&issuer, "sub-a"),
             task_id: task.task_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

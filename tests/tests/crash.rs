@@ -34,6 +34,7 @@ async fn kill9_during_burst_loses_nothing_acknowledged() {
         .complete_task(pb::CompleteTaskRequest {
             attestation: att(&issuer, "sub-crash"),
             task_id: done.task_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();

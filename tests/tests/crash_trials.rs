@@ -71,6 +71,7 @@ async fn agent_loop(
             .complete_task(pb::CompleteTaskRequest {
                 attestation: att_token(token.clone()),
                 task_id: task.task_id.clone(),
+                ..Default::default()
             })
             .await
         {

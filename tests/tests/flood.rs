@@ -80,6 +80,7 @@ async fn complete_task_flood_is_tallied_and_does_not_delay_an_operator() {
                         .complete_task(pb::CompleteTaskRequest {
                             attestation: att_token(token.clone()),
                             task_id: random_task_id(n),
+                            ..Default::default()
                         })
                         .await;
                     match r {

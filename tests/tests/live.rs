@@ -88,6 +88,7 @@ async fn every_kind_of_revocation_reaches_a_running_verifier() {
         .complete_task(pb::CompleteTaskRequest {
             attestation: att(&env.issuer, "sub-live"),
             task_id: task.task_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();

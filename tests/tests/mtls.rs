@@ -259,6 +259,7 @@ async fn an_agent_attests_with_its_certificate_and_its_tokens_are_bound_to_it() 
         .complete_task(pb::CompleteTaskRequest {
             attestation: mtls(),
             task_id: task.task_id,
+            ..Default::default()
         })
         .await
         .unwrap();

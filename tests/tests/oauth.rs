@@ -290,6 +290,7 @@ async fn token_exchange_mints_in_an_open_task_or_an_implicit_one() {
         .complete_task(pb::CompleteTaskRequest {
             attestation: att(&env.issuer, "sub-tx"),
             task_id: task.task_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -85,6 +85,7 @@ async fn pyjwt_and_zlib_read_the_status_lists() {
         .complete_task(pb::CompleteTaskRequest {
             attestation: att(&env.issuer, "sub-a"),
             task_id: tasks[2].task_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -263,6 +264,7 @@ async fn the_sdk_refuses_revoked_tokens_from_the_lists() {
         .complete_task(pb::CompleteTaskRequest {
             attestation: att(&env.issuer, "sub-a"),
             task_id: other.task_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -188,6 +188,7 @@ async fn whole_story() {
         .complete_task(pb::CompleteTaskRequest {
             attestation: att(&issuer, "sub-story"),
             task_id: task.task_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -71,6 +71,7 @@ async fn revocations(env: &Env, subject: &str, n: usize) {
                     .complete_task(pb::CompleteTaskRequest {
                         attestation: att_token(token),
                         task_id: t.task_id,
+                        ..Default::default()
                     })
                     .await
                     .unwrap();

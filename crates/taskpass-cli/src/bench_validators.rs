@@ -145,6 +145,7 @@ pub async fn run(
             .complete_task(pb::CompleteTaskRequest {
                 attestation: att(),
                 task_id: task_id.clone(),
+                ..Default::default()
             })
             .await?;
         let done = Instant::now();
@@ -213,6 +214,7 @@ pub async fn run(
             .complete_task(pb::CompleteTaskRequest {
                 attestation: att(),
                 task_id,
+                ..Default::default()
             })
             .await?;
         let done = Instant::now();

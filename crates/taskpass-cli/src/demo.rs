@@ -321,6 +321,7 @@ ca_file = "{}"
         .complete_task(pb::CompleteTaskRequest {
             attestation: attestation(&issuer),
             task_id: task.task_id.clone(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -475,6 +476,7 @@ ca_file = "{}"
         .complete_task(pb::CompleteTaskRequest {
             attestation: mtls(),
             task_id: night.task_id.clone(),
+            ..Default::default()
         })
         .await?;
     story.step(

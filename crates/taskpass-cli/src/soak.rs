@@ -202,6 +202,7 @@ async fn cycle(
             .complete_task(pb::CompleteTaskRequest {
                 attestation: att(),
                 task_id: task.task_id,
+                ..Default::default()
             })
             .await?;
         counts.completed.fetch_add(1, Ordering::Relaxed);

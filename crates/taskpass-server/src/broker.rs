@@ -858,10 +858,23 @@ impl Broker {
             ));
             return Err(self.refuse(&agent, "complete_task", "task_not_open", &task_id, e));
         }
+        let failure = req.failure.trim();
+        if failure.len() > 256 || failure.chars().any(char::is_control) {
+            let e = ApiError::InvalidArgument(
+                "failure must be a short reason: at most 256 bytes, no control characters".into(),
+            );
+            return Err(self.refuse(&agent, "complete_task", "malformed_request", &task_id, e));
+        }
         let mut a = AuditEntry::draft(now, agent.id.as_str(), "complete_task");
-        a.reason = "agent_completed".into();
         a.agent_id = agent.id.to_string();
         a.task_id = task_id.clone();
+        if req.failed {
+            // The work failed; the task still completes and its tokens go with it.
+            a.reason = "agent_failed".into();
+            a.detail = format!("failure={failure:?}");
+        } else {
+            a.reason = "agent_completed".into();
+        }
         let ended = self
             .store
             .end_task(EndTask {

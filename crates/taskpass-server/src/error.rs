@@ -78,6 +78,26 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status of the JSON API's answer (the usual mapping of gRPC codes).
+    pub fn http_status(&self) -> u16 {
+        if let Self::ResourceExhausted(_) = self {
+            // A size limit; a rate limit is 429 below.
+            return 413;
+        }
+        match self.code() {
+            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
+            Code::Unauthenticated => 401,
+            Code::PermissionDenied => 403,
+            Code::NotFound => 404,
+            Code::AlreadyExists | Code::Aborted => 409,
+            Code::ResourceExhausted => 429,
+            Code::Unimplemented => 501,
+            Code::Unavailable => 503,
+            Code::DeadlineExceeded => 504,
+            _ => 500,
+        }
+    }
+
     /// The error for a field that did not parse, naming it: RESOURCE_EXHAUSTED when a size
     /// limit was hit, INVALID_ARGUMENT otherwise.
     pub fn field(field: &str, e: ParseError) -> Self {

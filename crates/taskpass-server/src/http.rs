@@ -22,6 +22,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
             axum::routing::post(crate::oauth::token),
         )
         .route("/statuslists/{n}", get(status_list))
+        .merge(crate::agent_http::routes())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(broker)

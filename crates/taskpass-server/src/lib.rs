@@ -13,6 +13,7 @@
 //! ```
 
 mod admin;
+mod agent_http;
 mod broker;
 mod certificates;
 mod config;

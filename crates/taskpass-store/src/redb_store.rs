@@ -929,7 +929,11 @@ fn apply(
             }
             let ended = end_task_in(t, rec, heads, events, task, end.state, &end.reason, end.now)?;
             let mut audit = end.audit.clone();
-            audit.detail = format!("revoked_tokens={}", ended.revoked_tokens);
+            audit.detail = if audit.detail.is_empty() {
+                format!("revoked_tokens={}", ended.revoked_tokens)
+            } else {
+                format!("{} revoked_tokens={}", audit.detail, ended.revoked_tokens)
+            };
             append_audit(t, heads, audit)?;
             Ok(Outcome::Ended(ended))
         }
