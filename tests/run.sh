@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: installs what the interop tests need (PyJWT), builds the binaries the
-# end-to-end tests drive, and runs every test in the workspace.
+# The test command: installs what the interop tests need (PyJWT; a venv under target/ for the
+# Python client and its tests), builds the binaries the end-to-end tests drive, runs every test
+# in the workspace, then the Python client's tests against the real broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,3 +15,12 @@ cargo build --workspace --bins --locked
 cargo check -p taskpass-verify --no-default-features --locked
 cargo check -p taskpass-verify --no-default-features --features status-list --locked
 cargo test --workspace --locked
+
+# The Python client (clients/python): pytest against the taskpassd just built, with authlib
+# as an independent OAuth client and the official MCP SDK.
+PY=target/pyenv/bin/python
+if [ ! -x "$PY" ]; then
+  python3 -m venv target/pyenv
+fi
+"$PY" -m pip install --quiet --disable-pip-version-check -e 'clients/python[test,mcp]'
+(cd clients/python && "../../$PY" -m pytest -q -p no:cacheprovider)

@@ -11,6 +11,10 @@ pub enum ApiError {
     /// Attestation missing, malformed, expired, untrusted or matching no agent.
     #[error("{0}")]
     Unauthenticated(String),
+    /// Attested, but the client the request names is not the agent attested (OAuth
+    /// `client_id`).
+    #[error("{0}")]
+    InvalidClient(String),
     /// Attested, but policy or allow-lists say no.
     #[error("{0}")]
     PermissionDenied(String),
@@ -57,7 +61,7 @@ impl ApiError {
     /// The gRPC code.
     pub fn code(&self) -> Code {
         match self {
-            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::Unauthenticated(_) | Self::InvalidClient(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Denied(d) => match d.kind {
                 DenialKind::InvalidArgument => Code::InvalidArgument,
@@ -182,6 +186,7 @@ impl ApiError {
         let description = self.to_string();
         let (status, error) = match self {
             Self::Unauthenticated(_) if client_auth => (401, "invalid_client"),
+            Self::InvalidClient(_) => (401, "invalid_client"),
             Self::Unauthenticated(_) => (400, "invalid_grant"),
             Self::Denied(d) => match d.rule {
                 r if r.starts_with("audience") => (400, "invalid_target"),

@@ -85,7 +85,7 @@ impl Broker {
             && id != agent.id.as_str()
             && id != agent.name.as_str()
         {
-            return Err(ApiError::Unauthenticated(format!(
+            return Err(ApiError::InvalidClient(format!(
                 "client_id {id:?} is not the agent the credential proves ({}): send its id or name, or leave client_id out",
                 agent.name
             )));
