@@ -24,3 +24,7 @@ if [ ! -x "$PY" ]; then
 fi
 "$PY" -m pip install --quiet --disable-pip-version-check -e 'clients/python[test,mcp]'
 (cd clients/python && "../../$PY" -m pytest -q -p no:cacheprovider)
+
+# The TypeScript client (clients/typescript): tsc, then node --test against the same build,
+# with oauth4webapi as an independent OAuth client and the official MCP SDK.
+(cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error && npm test)

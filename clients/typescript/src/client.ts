@@ -1,0 +1,306 @@
+import { type Attestation, readAttestation } from "./attestation.js";
+import { TaskpassError, fromAnswer } from "./errors.js";
+import { type TlsOptions, send } from "./http.js";
+
+/** A cached token is fetched again once less than this share of its lifetime is left... */
+export const REFRESH_FRACTION = 0.25;
+/** ...or less than this many seconds, whichever comes first. */
+export const REFRESH_MARGIN_SECONDS = 30;
+
+export interface TaskpassOptions extends TlsOptions {
+  /** The broker's HTTPS address, e.g. `https://taskpass.example.org`. */
+  url: string;
+  /** The agent's platform token (a string, or a function returning it; see
+   * `fileAttestation`, `envAttestation`); leave out to attest with `cert`/`key`. */
+  attestation?: Attestation;
+}
+
+export interface TaskOptions {
+  purpose: string;
+  audiences: string[];
+  scopes?: string[];
+  maxDurationSeconds?: number;
+}
+
+export interface TaskInfo {
+  task_id: string;
+  agent_id: string;
+  state: string;
+  purpose: string;
+  audiences: string[];
+  scopes: string[];
+  created_at: number;
+  expires_at: number;
+  implicit: boolean;
+}
+
+export interface Token {
+  accessToken: string;
+  tokenId: string;
+  audience: string;
+  scopes: string[];
+  expiresAt: number;
+  issuedAt: number;
+}
+
+/** Whether `t` is far enough from its expiry to be handed out again. */
+export function isFresh(t: Token, nowSeconds = Date.now() / 1000): boolean {
+  const lifetime = Math.max(t.expiresAt - t.issuedAt, 1);
+  const margin = Math.min(REFRESH_MARGIN_SECONDS, lifetime * REFRESH_FRACTION);
+  return nowSeconds < t.expiresAt - margin;
+}
+
+/** An agent's connection to the broker (its JSON API, `docs/http-api.md`). */
+export class Taskpass {
+  readonly url: string;
+  private readonly options: TaskpassOptions;
+
+  constructor(options: TaskpassOptions) {
+    if (options.attestation === undefined && options.cert === undefined) {
+      throw new Error("give an attestation (a token source) or a client certificate (cert and key)");
+    }
+    this.url = options.url.replace(/\/+$/, "");
+    this.options = options;
+  }
+
+  /** @internal */
+  async call(method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
+    const token = await readAttestation(this.options.attestation);
+    const headers: Record<string, string> = {};
+    if (token) headers.authorization = `Bearer ${token}`;
+    if (body !== undefined) headers["content-type"] = "application/json";
+    let a;
+    try {
+      a = await send(method, this.url + path, this.options, headers, body === undefined ? undefined : JSON.stringify(body));
+    } catch (e) {
+      throw new TaskpassError(`cannot reach the broker at ${this.url}: ${(e as Error).message}`, "UNAVAILABLE");
+    }
+    let parsed: unknown = null;
+    try {
+      parsed = JSON.parse(a.body);
+    } catch {
+      // an answer that is not JSON is reported by status below
+    }
+    if (a.status !== 200) throw fromAnswer(a.status, parsed);
+    if (parsed === null || typeof parsed !== "object") {
+      throw new TaskpassError(`the broker answered HTTP 200 without a JSON object`);
+    }
+    return parsed as Record<string, unknown>;
+  }
+
+  /** Opens a task; complete it with `task.complete()` (or use `withTask`, or `await using`). */
+  async startTask(opts: TaskOptions): Promise<Task> {
+    const body = await this.call("POST", "/v1/tasks", {
+      purpose: opts.purpose,
+      audiences: opts.audiences,
+      scopes: opts.scopes ?? [],
+      max_duration_seconds: opts.maxDurationSeconds ?? 0,
+    });
+    return new Task(this, body as unknown as TaskInfo);
+  }
+
+  /** Runs `fn` inside a task and completes it afterwards, recording a failure when `fn`
+   * threw (the error is rethrown). Every token of the task is revoked when it returns. */
+  async withTask<T>(opts: TaskOptions, fn: (task: Task) => Promise<T>): Promise<T> {
+    const task = await this.startTask(opts);
+    let result: T;
+    try {
+      result = await fn(task);
+    } catch (e) {
+      await task.finish(e);
+      throw e;
+    }
+    await task.finish(undefined);
+    return result;
+  }
+}
+
+/** An open task: its tokens, cached per (audience, scopes) and fetched again before they
+ * expire. */
+export class Task {
+  info: TaskInfo;
+  completed = false;
+  private readonly client: Taskpass;
+  private readonly tokens = new Map<string, Token>();
+  private readonly pending = new Map<string, Promise<Token>>();
+
+  constructor(client: Taskpass, info: TaskInfo) {
+    this.client = client;
+    this.info = info;
+  }
+
+  get id(): string {
+    return this.info.task_id;
+  }
+
+  /** An access token for `audience` (default scopes: all of the task's). */
+  async token(audience: string, scopes?: string[]): Promise<string> {
+    return (await this.tokenInfo(audience, scopes)).accessToken;
+  }
+
+  async tokenInfo(audience: string, scopes?: string[]): Promise<Token> {
+    const wanted = [...new Set(scopes ?? [])].sort();
+    const key = JSON.stringify([audience, wanted]);
+    const cached = this.tokens.get(key);
+    if (cached && isFresh(cached)) return cached;
+    // Many callers at once share one fetch.
+    let p = this.pending.get(key);
+    if (!p) {
+      p = (async () => {
+        const b = await this.client.call("POST", `/v1/tasks/${encodeURIComponent(this.id)}/tokens`, {
+          audience,
+          scopes: wanted,
+        });
+        const t: Token = {
+          accessToken: String(b.access_token),
+          tokenId: String(b.token_id),
+          audience,
+          scopes: (b.scopes as string[]) ?? [],
+          expiresAt: Number(b.expires_at),
+          issuedAt: Date.now() / 1000,
+        };
+        this.tokens.set(key, t);
+        return t;
+      })().finally(() => this.pending.delete(key));
+      this.pending.set(key, p);
+    }
+    return p;
+  }
+
+  /** Forgets the cached tokens (the next `token()` fetches a new one). */
+  forgetTokens(): void {
+    this.tokens.clear();
+  }
+
+  /** The task as the broker sees it now. */
+  async refresh(): Promise<TaskInfo> {
+    this.info = (await this.client.call("GET", `/v1/tasks/${encodeURIComponent(this.id)}`)) as unknown as TaskInfo;
+    return this.info;
+  }
+
+  /** Completes the task, revoking its tokens; `failure`: what ended the work, recorded as its
+   * failure. Returns how many tokens were revoked. */
+  async complete(failure?: unknown): Promise<number> {
+    const body =
+      failure === undefined
+        ? undefined
+        : { failed: true, failure: (failure instanceof Error ? failure.name : typeof failure).slice(0, 256) };
+    const b = await this.client.call("POST", `/v1/tasks/${encodeURIComponent(this.id)}/complete`, body);
+    this.completed = true;
+    this.tokens.clear();
+    return Number(b.revoked_tokens ?? 0);
+  }
+
+  /** @internal Completes on the way out of a scope; a task already over is not an error. */
+  async finish(failure: unknown): Promise<void> {
+    try {
+      await this.complete(failure);
+    } catch (e) {
+      if (e instanceof TaskpassError && e.code === "FAILED_PRECONDITION") {
+        this.completed = true;
+        return;
+      }
+      if (failure === undefined) throw e;
+    }
+  }
+
+  /** `await using task = await tp.startTask(...)` completes it at the end of the block. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (!this.completed) await this.finish(undefined);
+  }
+
+  /** `fetch` with this task's token for `audience` (default: the URL's origin). */
+  async fetch(input: string | URL, init: RequestInit = {}, audience?: string): Promise<Response> {
+    const aud = audience ?? new URL(input.toString()).origin;
+    const headers = new Headers(init.headers);
+    headers.set("authorization", `Bearer ${await this.token(aud)}`);
+    return fetch(input, { ...init, headers });
+  }
+
+  /** A `fetch` for MCP transports (`new StreamableHTTPClientTransport(url, { fetch })`):
+   * adds the token for `resource` and, on a 401, fetches a new one and retries once. */
+  fetchFor(resource: string): (url: string | URL, init?: RequestInit) => Promise<Response> {
+    return async (url, init = {}) => {
+      const attempt = async () => {
+        const headers = new Headers(init.headers);
+        headers.set("authorization", `Bearer ${await this.token(resource)}`);
+        return fetch(url, { ...init, headers });
+      };
+      const first = await attempt();
+      if (first.status !== 401 || this.completed) return first;
+      await first.body?.cancel();
+      this.forgetTokens();
+      return attempt();
+    };
+  }
+
+  /** The token as an MCP client auth provider for `resource`: both shapes at once, the MCP
+   * TypeScript SDK's `OAuthClientProvider` (1.x: `tokens()`, non-interactive) and the minimal
+   * `{ token(), onUnauthorized() }` that Mastra's MCP client and the 2.x transports take. */
+  authProvider(resource: string): McpAuthProvider {
+    return new TaskAuthProvider(this, resource);
+  }
+}
+
+/** What `Task.authProvider` returns. */
+export interface McpAuthProvider {
+  token(): Promise<string | undefined>;
+  onUnauthorized(): Promise<void>;
+  tokens(): Promise<{ access_token: string; token_type: string; expires_in?: number; scope?: string }>;
+  readonly redirectUrl: undefined;
+  readonly clientMetadata: { redirect_uris: string[]; client_name: string; grant_types: string[] };
+  clientInformation(): { client_id: string };
+  saveTokens(tokens: unknown): void;
+  redirectToAuthorization(url: URL): never;
+  saveCodeVerifier(v: string): void;
+  codeVerifier(): never;
+}
+
+class TaskAuthProvider implements McpAuthProvider {
+  readonly redirectUrl = undefined;
+  readonly clientMetadata = { redirect_uris: [] as string[], client_name: "taskpass", grant_types: ["client_credentials"] };
+  constructor(
+    private readonly task: Task,
+    private readonly resource: string,
+  ) {}
+
+  async token(): Promise<string | undefined> {
+    return this.task.token(this.resource);
+  }
+
+  async onUnauthorized(): Promise<void> {
+    this.task.forgetTokens();
+  }
+
+  async tokens() {
+    const t = await this.task.tokenInfo(this.resource);
+    return {
+      access_token: t.accessToken,
+      token_type: "Bearer",
+      expires_in: Math.max(0, Math.floor(t.expiresAt - Date.now() / 1000)),
+      scope: t.scopes.join(" "),
+    };
+  }
+
+  clientInformation() {
+    return { client_id: this.task.info.agent_id };
+  }
+
+  saveTokens(): void {
+    // Tokens live in the task's cache.
+  }
+
+  redirectToAuthorization(url: URL): never {
+    throw new TaskpassError(
+      `the MCP server refused the task's token (it asked for authorization at ${url.origin}): the task may be over, or the token lacks a scope`,
+      "UNAUTHENTICATED",
+      401,
+    );
+  }
+
+  saveCodeVerifier(): void {}
+
+  codeVerifier(): never {
+    throw new TaskpassError("Taskpass tokens need no authorization code flow", "INVALID_ARGUMENT");
+  }
+}

@@ -1,0 +1,173 @@
+// @taskpass/client against the real broker: tasks that complete themselves (a failure
+// recorded when the body threw), `await using`, token caching and refresh, errors, the
+// verifier with the status lists, oauth4webapi driving the token endpoint.
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import * as oauth from "oauth4webapi";
+import { InvalidTokenError, Taskpass, TaskpassError, Verifier, isFresh } from "../src/index.js";
+import { send } from "../src/http.js";
+import { API, type Broker, OTHER_API, fresh, startBroker } from "./broker.js";
+
+let broker: Broker;
+before(async () => {
+  broker = await startBroker();
+});
+after(async () => {
+  await broker.stop();
+});
+
+function agent(prefix: string) {
+  const a = fresh(prefix);
+  broker.register(a.name, a.subject);
+  const tp = new Taskpass({ url: broker.url, ca: broker.caPem, attestation: () => broker.attestation(a.subject) });
+  return { ...a, tp };
+}
+
+async function refusedWithin(v: Verifier, token: string, reason: string, ms = 5000) {
+  const start = Date.now();
+  for (;;) {
+    try {
+      await v.verify(token);
+    } catch (e) {
+      assert.ok(e instanceof InvalidTokenError);
+      assert.equal(e.reason, reason);
+      return Date.now() - start;
+    }
+    assert.ok(Date.now() - start < ms, "never refused");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+test("withTask completes the task and revokes its tokens", async () => {
+  const { name, tp } = agent("ts-with");
+  const v = new Verifier({ issuer: broker.url, audience: API, ca: broker.caPem });
+  let token = "";
+  const result = await tp.withTask({ purpose: "summarise", audiences: [API], scopes: ["read"] }, async (task) => {
+    token = await task.token(API);
+    assert.equal(await task.token(API), token, "cached");
+    const c = await v.verify(token);
+    assert.equal(c.taskId, task.id);
+    assert.deepEqual(c.scopes, ["read"]);
+    assert.ok(c.clientId.endsWith(`/agent/${name}`));
+    assert.equal((await task.refresh()).state, "open");
+    return 42;
+  });
+  assert.equal(result, 42);
+  await refusedWithin(v, token, "revoked");
+});
+
+test("a body that throws is recorded as failed and rethrown", async () => {
+  const { tp } = agent("ts-fail");
+  let id = "";
+  await assert.rejects(
+    tp.withTask({ purpose: "doomed", audiences: [API], scopes: ["read"] }, async (task) => {
+      id = task.id;
+      await task.token(API);
+      throw new RangeError("boom");
+    }),
+    RangeError,
+  );
+  const tail = broker.cli("audit", "tail") as { entries?: Array<Record<string, string>> } | Array<Record<string, string>>;
+  const entries = Array.isArray(tail) ? tail : (tail.entries ?? []);
+  const end = entries.find((e) => e.task_id === id && e.action === "complete_task");
+  assert.ok(end, JSON.stringify(entries));
+  assert.equal(end.reason, "agent_failed");
+  assert.match(end.detail ?? "", /failure="RangeError"/);
+});
+
+test("await using completes the task at the end of the block", async () => {
+  const { tp } = agent("ts-using");
+  let task;
+  {
+    await using t = await tp.startTask({ purpose: "scoped", audiences: [API], scopes: ["read"] });
+    task = t;
+    await t.token(API);
+  }
+  assert.ok(task.completed);
+  await assert.rejects(task.token(API, ["write"]), (e: unknown) => e instanceof TaskpassError && e.code === "FAILED_PRECONDITION");
+});
+
+test("tokens are fetched again before they expire, once for many callers", async () => {
+  const { tp } = agent("ts-refresh");
+  const task = await tp.startTask({ purpose: "long", audiences: [API], scopes: ["read", "write"] });
+  const first = await task.tokenInfo(API);
+  assert.ok(isFresh(first));
+  assert.ok(!isFresh(first, first.expiresAt - 10), "near its end it is not handed out");
+  const same = await Promise.all(Array.from({ length: 20 }, () => task.token(API, ["read"])));
+  assert.equal(new Set(same).size, 1);
+  task.forgetTokens();
+  const second = await task.tokenInfo(API);
+  assert.notEqual(second.tokenId, first.tokenId);
+  await task.complete();
+});
+
+test("errors carry the broker's code and message", async () => {
+  const { tp } = agent("ts-err");
+  await assert.rejects(
+    tp.startTask({ purpose: "x", audiences: [OTHER_API], scopes: ["read"] }),
+    (e: unknown) => e instanceof TaskpassError && e.code === "PERMISSION_DENIED" && e.status === 403,
+  );
+  const bad = new Taskpass({ url: broker.url, ca: broker.caPem, attestation: "garbage" });
+  await assert.rejects(bad.startTask({ purpose: "x", audiences: [API] }), (e: unknown) => e instanceof TaskpassError && e.code === "UNAUTHENTICATED");
+  const nowhere = new Taskpass({ url: "https://127.0.0.1:9", ca: broker.caPem, attestation: "x", timeoutMs: 2000 });
+  await assert.rejects(nowhere.startTask({ purpose: "x", audiences: [API] }), (e: unknown) => e instanceof TaskpassError && e.code === "UNAVAILABLE");
+});
+
+test("the verifier refuses what it must", async () => {
+  const { subject, tp } = agent("ts-verify");
+  const v = new Verifier({ issuer: broker.url, audience: API, ca: broker.caPem });
+  await tp.withTask({ purpose: "v", audiences: [API], scopes: ["read"] }, async (task) => {
+    const token = await task.token(API);
+    const cases: Array<[Verifier, string, string]> = [
+      [new Verifier({ issuer: broker.url, audience: OTHER_API, ca: broker.caPem }), token, "wrong_audience"],
+      [new Verifier({ issuer: "https://elsewhere.test", baseUrl: broker.url, audience: API, ca: broker.caPem }), token, "wrong_issuer"],
+      [v, token.slice(0, -4) + (token.endsWith("AAAA") ? "BBBB" : "AAAA"), "bad_signature"],
+      [v, "garbage", "malformed"],
+      [v, await broker.attestation(subject), "malformed"],
+      [v, "x".repeat(20000), "malformed"],
+    ];
+    for (const [verifier, t, reason] of cases) {
+      await assert.rejects(verifier.verify(t), (e: unknown) => e instanceof InvalidTokenError && e.reason === reason, reason);
+    }
+  });
+});
+
+test("oauth4webapi discovers the broker and gets a token with the jwt-bearer grant", async () => {
+  const { name, subject } = agent("ts-oauth");
+  // oauth4webapi uses fetch; the broker's CA is private, so its requests go through node:https.
+  const viaHttps = async (url: string, init: { method?: string; headers?: Headers | Record<string, string>; body?: unknown }) => {
+    const headers: Record<string, string> = {};
+    new Headers(init.headers as ConstructorParameters<typeof Headers>[0]).forEach((v, k) => (headers[k] = v));
+    const a = await send(init.method ?? "GET", url, { ca: broker.caPem }, headers, init.body === undefined ? undefined : String(init.body));
+    const h = new Headers();
+    for (const [k, v] of Object.entries(a.headers)) if (typeof v === "string") h.set(k, v);
+    return new Response(a.body, { status: a.status, headers: h });
+  };
+  const issuer = new URL(broker.url);
+  const as = await oauth.processDiscoveryResponse(issuer, await oauth.discoveryRequest(issuer, { [oauth.customFetch]: viaHttps, algorithm: "oauth2" }));
+  assert.equal(as.token_endpoint, `${broker.url}/oauth/token`);
+  const client: oauth.Client = { client_id: name };
+  const res = await oauth.genericTokenEndpointRequest(
+    as,
+    client,
+    oauth.None(),
+    "urn:ietf:params:oauth:grant-type:jwt-bearer",
+    { assertion: await broker.attestation(subject), resource: API, scope: "read" },
+    { [oauth.customFetch]: viaHttps },
+  );
+  const token = await oauth.processGenericTokenEndpointResponse(as, client, res);
+  assert.equal(token.token_type, "bearer");
+  assert.equal(token.scope, "read");
+  const c = await new Verifier({ issuer: broker.url, audience: API, ca: broker.caPem }).verify(token.access_token);
+  assert.equal(c.taskId, token.task_id);
+
+  const denied = await oauth.genericTokenEndpointRequest(
+    as,
+    client,
+    oauth.None(),
+    "urn:ietf:params:oauth:grant-type:jwt-bearer",
+    { assertion: await broker.attestation(subject), resource: API, scope: "admin" },
+    { [oauth.customFetch]: viaHttps },
+  );
+  await assert.rejects(oauth.processGenericTokenEndpointResponse(as, client, denied), (e: unknown) => e instanceof oauth.ResponseBodyError && e.error === "invalid_scope");
+});
