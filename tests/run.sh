@@ -25,6 +25,13 @@ fi
 "$PY" -m pip install --quiet --disable-pip-version-check -e 'clients/python[test,mcp]'
 (cd clients/python && "../../$PY" -m pytest -q -p no:cacheprovider)
 
+# The Kubernetes manifests against the Kubernetes schemas (strict: no unknown fields).
+"$PY" -m pip install --quiet --disable-pip-version-check kubernetes-validate
+for f in deploy/kubernetes/*.yaml; do
+  [ "$(basename "$f")" = kustomization.yaml ] && continue
+  target/pyenv/bin/kubernetes-validate --strict --quiet "$f"
+done
+
 # The TypeScript client (clients/typescript): tsc, then node --test against the same build,
 # with oauth4webapi as an independent OAuth client and the official MCP SDK.
 (cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error && npm test)

@@ -65,6 +65,15 @@ pub struct BenchArgs {
     /// verifier, and fan-out to many revocation streams.
     #[arg(long)]
     pub validators: bool,
+    /// Instead of the IssueToken benchmarks, measure the OAuth token endpoint over HTTPS
+    /// (jwt-bearer, keep-alive, --connections connections, each a worker) against gRPC
+    /// IssueToken in the same run.
+    #[arg(long)]
+    pub oauth: bool,
+    /// With --oauth: also measure node oidc-provider doing client_credentials on this machine,
+    /// from this directory (`bench/oidc-provider`; its npm packages are installed if missing).
+    #[arg(long, value_name = "DIR")]
+    pub peer: Option<std::path::PathBuf>,
     /// Task completions timed for the propagation figure (--validators).
     #[arg(long, default_value_t = 1000)]
     pub revocations: usize,
@@ -73,22 +82,22 @@ pub struct BenchArgs {
     pub streams: usize,
 }
 
-struct Run {
-    rate: f64,
-    p50_ms: f64,
-    p90_ms: f64,
-    p99_ms: f64,
-    p999_ms: f64,
-    max_ms: f64,
-    errors: u64,
+pub(crate) struct Run {
+    pub(crate) rate: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p90_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) p999_ms: f64,
+    pub(crate) max_ms: f64,
+    pub(crate) errors: u64,
     /// CPU time per request, microseconds: the broker's, and this client's.
-    broker_cpu_us: f64,
-    client_cpu_us: f64,
+    pub(crate) broker_cpu_us: f64,
+    pub(crate) client_cpu_us: f64,
 }
 
 /// CPU time (ns) used so far by the threads of a process, from `/proc/PID/task/*/schedstat`.
 /// Not available off Linux: zero.
-fn cpu_ns(pid: &str) -> u64 {
+pub(crate) fn cpu_ns(pid: &str) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
     };
@@ -168,6 +177,21 @@ where
     }
 }
 
+/// [`drive`] in a closed loop: `n` calls, `args.concurrency` workers.
+pub(crate) async fn drive_closed<F, Fut>(
+    channels: &[Channel],
+    args: &BenchArgs,
+    broker_pid: u32,
+    n: u64,
+    call: F,
+) -> Run
+where
+    F: Fn(Channel) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    drive(channels, args, broker_pid, (n, Load::Closed), call).await
+}
+
 /// Latencies in microseconds, one per call.
 async fn closed_loop(
     channels: &[Channel],
@@ -242,7 +266,7 @@ async fn open_loop(
 /// instead of one `writev` each, so the load tool takes less of the CPU it shares with the
 /// broker. tonic refuses an `https` URI with a connector of our own, so the channel is
 /// addressed `http://HOST:PORT` and does TLS itself; the broker ignores the scheme.
-async fn connect(
+pub(crate) async fn connect(
     url: &str,
     ca_pem: &str,
     identity: Option<(&str, &str)>,
@@ -291,7 +315,7 @@ async fn connect(
     )
 }
 
-fn micros_since(t: Instant) -> u32 {
+pub(crate) fn micros_since(t: Instant) -> u32 {
     u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX)
 }
 
@@ -341,14 +365,14 @@ pub(crate) fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-fn run_json(r: &Run) -> serde_json::Value {
+pub(crate) fn run_json(r: &Run) -> serde_json::Value {
     json!({"rate": r.rate, "p50_ms": r.p50_ms, "p90_ms": r.p90_ms, "p99_ms": r.p99_ms,
            "p999_ms": r.p999_ms, "max_ms": r.max_ms, "errors": r.errors,
            "broker_cpu_us_per_request": r.broker_cpu_us,
            "client_cpu_us_per_request": r.client_cpu_us})
 }
 
-fn run_line(name: &str, unit: &str, r: &Run) -> String {
+pub(crate) fn run_line(name: &str, unit: &str, r: &Run) -> String {
     format!(
         "  {name:<16} {:>9.0} {unit:<9} p50 {:>6.2}  p90 {:>6.2}  p99 {:>6.2}  p99.9 {:>6.2}  max {:>7.2} ms   errors {}\n  {:<16} CPU per call: broker {:.1} µs, client {:.1} µs",
         r.rate,
@@ -386,6 +410,9 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
             output,
         )
         .await;
+    }
+    if args.oauth {
+        return crate::bench_oauth::run(&args, output).await;
     }
     if args.soak > 0 {
         return crate::soak::run(args.soak, args.soak_rate, args.concurrency, output).await;
@@ -677,7 +704,7 @@ async fn channels_and_task(
 }
 
 /// One IssueToken call of the task, attested with `att`.
-fn issue_call(att: pb::Attestation, task_id: String) -> Call {
+pub(crate) fn issue_call(att: pb::Attestation, task_id: String) -> Call {
     Arc::new(move |ch: Channel| {
         let req = pb::IssueTokenRequest {
             attestation: Some(att.clone()),

@@ -2,6 +2,7 @@
 //! one command) and `taskpass bench` (the load tool).
 
 mod bench;
+mod bench_oauth;
 mod bench_validators;
 mod commands;
 mod conn;

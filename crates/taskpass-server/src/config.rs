@@ -559,6 +559,27 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// The broker configuration shipped in `deploy/kubernetes/configmap.yaml` is one the
+    /// broker accepts.
+    #[test]
+    fn the_kubernetes_config_is_valid() {
+        let yaml = include_str!("../../../deploy/kubernetes/configmap.yaml");
+        let start = yaml.find("taskpass.toml: |\n").unwrap() + "taskpass.toml: |\n".len();
+        let toml: String = yaml[start..]
+            .lines()
+            .map(|l| l.strip_prefix("    ").unwrap_or(l.trim()))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = ConfigFile::parse(&toml)
+            .unwrap()
+            .validate(Path::new("/"))
+            .unwrap();
+        assert_eq!(
+            config.issuer.as_deref(),
+            Some("https://taskpass.taskpass.svc:7444")
+        );
+    }
+
     #[test]
     fn spec_example_parses() {
         let text = r#"
