@@ -29,7 +29,8 @@ async def main() -> None:
         purpose="triage ticket 4711", audiences=[api_aud, mcp_url], scopes=["tickets:read"]
     ) as task:
         print("task", task.id)
-        async with httpx.AsyncClient(auth=task.httpx_auth(api_aud)) as http:
+        # The API is reached at API_URL; its token goes there and nowhere else.
+        async with httpx.AsyncClient(auth=task.httpx_auth(api_aud, origin=api_url)) as http:
             r = await http.get(f"{api_url}/tickets")
             print("GET /tickets ->", r.status_code, r.text.strip())
             r.raise_for_status()

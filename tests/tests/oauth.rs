@@ -87,6 +87,9 @@ fn answer(a: HttpAnswer) -> (u16, Value) {
         "{a:?}"
     );
     assert_eq!(a.headers.get("cache-control").unwrap(), "no-store", "{a:?}");
+    if a.status == 401 {
+        assert!(a.headers.contains_key("www-authenticate"), "{a:?}");
+    }
     let v: Value = serde_json::from_str(&a.body).unwrap();
     if a.status != 200 {
         assert!(
@@ -110,10 +113,7 @@ async fn keys(env: &Env) -> KeySet {
 #[tokio::test]
 async fn the_metadata_advertises_the_token_endpoint() {
     let env = Env::start().await.unwrap();
-    for path in [
-        "/.well-known/oauth-authorization-server",
-        "/.well-known/openid-configuration",
-    ] {
+    for path in ["/.well-known/oauth-authorization-server"] {
         let (status, body) = taskpass_testkit::https_get(
             &format!("{}{path}", env.broker.http_url),
             &env.broker.ca_pem,
@@ -135,7 +135,7 @@ async fn the_metadata_advertises_the_token_endpoint() {
             .as_array()
             .unwrap();
         assert!(auth.contains(&"tls_client_auth".into()), "{m}");
-        assert!(auth.contains(&JWT_SPIFFE.into()), "{m}");
+        assert!(auth.contains(&"spiffe_jwt".into()), "{m}");
         assert!(
             m["dpop_signing_alg_values_supported"]
                 .as_array()
@@ -143,6 +143,17 @@ async fn the_metadata_advertises_the_token_endpoint() {
                 .contains(&"ES256".into())
         );
     }
+    // Path insertion names an issuer with that path; this one has none.
+    let (status, _) = taskpass_testkit::https_get(
+        &format!(
+            "{}/.well-known/oauth-authorization-server/other",
+            env.broker.http_url
+        ),
+        &env.broker.ca_pem,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 404);
 }
 
 #[tokio::test]
@@ -343,9 +354,10 @@ async fn token_exchange_mints_in_an_open_task_or_an_implicit_one() {
             ("scope", "read"),
         ])
         .await;
+    // RFC 8693 §2.2.2: a subject or actor token unacceptable by policy is invalid_request.
     assert_eq!(
         (status, e["error"].as_str()),
-        (400, Some("invalid_grant")),
+        (400, Some("invalid_request")),
         "{e}"
     );
     assert!(

@@ -85,17 +85,32 @@ def test_the_sync_client_and_file_attestation_rotate(broker, agent, tmp_path):
             os.utime(path, None)
             t2 = task.token(API, ["write"])
             assert t1 != t2
+            sync_verifier = taskpass.Verifier(broker.url, API, ca=broker.ca)
+            assert sync_verifier.verify(t1).task_id == task.id
+            assert sync_verifier.verify(t2).scopes == ("write",)
+            with pytest.raises(taskpass.InvalidToken):
+                sync_verifier.verify(t1[:-2] + "xx")
             # An expired rotation is refused, with the broker's message.
             path.write_text(broker.attestation(subject, ttl=-120))
             with pytest.raises(taskpass.Unauthenticated) as e:
                 task.token(OTHER_API)
             assert "attestation" in str(e.value)
             path.write_text(broker.attestation(subject))
-            with httpx.Client(auth=task.httpx_auth(API)) as http:
-                req = http.build_request("GET", broker.url + "/healthz")
-                flow = task.httpx_auth(API).sync_auth_flow(req)
-                sent = next(flow)
-                assert sent.headers["authorization"] == "Bearer " + task.token(API)
+            auth = task.httpx_auth(API)
+            with httpx.Client() as http:
+                ours = next(auth.sync_auth_flow(http.build_request("GET", API + "/tickets")))
+                assert ours.headers["authorization"] == "Bearer " + task.token(API)
+                # Anywhere else (a discovery, a redirect): no token.
+                elsewhere = next(auth.sync_auth_flow(http.build_request("GET", "https://evil.test/")))
+                assert "authorization" not in elsewhere.headers
+                other_port = next(auth.sync_auth_flow(http.build_request("GET", "https://api.test:8443/")))
+                assert "authorization" not in other_port.headers
+                # An explicit origin for an API reached elsewhere than its audience.
+                via = task.httpx_auth(API, origin="http://127.0.0.1:8080")
+                sent = next(via.sync_auth_flow(http.build_request("GET", "http://127.0.0.1:8080/tickets")))
+                assert sent.headers["authorization"].startswith("Bearer ")
+            with pytest.raises(ValueError):
+                task.httpx_auth("tickets-api")
 
 
 def test_env_attestation_and_errors(broker, agent, monkeypatch):
@@ -161,3 +176,22 @@ async def test_the_verifier_refuses_what_it_must(broker, agent):
                 assert e.value.reason == reason, (reason, e.value)
     for x in (v, other, wrong_issuer):
         await x.aclose()
+
+
+async def test_the_client_certificate_attests(broker, tmp_path):
+    name = "py-mtls-" + str(int(time.time() * 1000) % 1_000_000)
+    broker.cli("agent", "register", name, "--owner", "team-py", "--purpose", "mtls",
+               "--x509", f"spiffe://example.org/agent/{name}", "--audience", API, "--scope", "read")
+    broker.cli("agent", "cert", "issue", name, "--out", str(tmp_path))
+    cert = (str(tmp_path / f"{name}.pem"), str(tmp_path / f"{name}-key.pem"))
+    async with taskpass.AsyncClient(broker.url, None, ca=broker.ca, cert=cert) as client:
+        async with client.task(purpose="bound", audiences=[API], scopes=["read"]) as task:
+            token = await task.token(API)
+    # Bound to the certificate: a verifier that cannot see the holder refuses it.
+    v = taskpass.AsyncVerifier(broker.url, API, ca=broker.ca)
+    with pytest.raises(taskpass.InvalidToken) as e:
+        await v.verify(token)
+    assert e.value.reason == "proof_required"
+    await v.aclose()
+    with pytest.raises(ValueError):
+        taskpass.AsyncClient(broker.url, None, ca=broker.ca)

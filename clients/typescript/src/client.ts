@@ -35,43 +35,66 @@ export interface TaskInfo {
 }
 
 export interface Token {
-  accessToken: string;
+  readonly accessToken: string;
   tokenId: string;
   audience: string;
   scopes: string[];
+  /** The broker's `exp` (Unix seconds). */
   expiresAt: number;
-  issuedAt: number;
+  /** Seconds it had left when it arrived. */
+  lifetime: number;
+  /** When it arrived, on this process's monotonic clock (`performance.now()`, ms): freshness
+   * never depends on the wall clock agreeing with the broker's. */
+  receivedMs: number;
 }
 
 /** Whether `t` is far enough from its expiry to be handed out again. */
-export function isFresh(t: Token, nowSeconds = Date.now() / 1000): boolean {
-  const lifetime = Math.max(t.expiresAt - t.issuedAt, 1);
+export function isFresh(t: Token, nowMs = performance.now()): boolean {
+  const lifetime = Math.max(t.lifetime, 1);
   const margin = Math.min(REFRESH_MARGIN_SECONDS, lifetime * REFRESH_FRACTION);
-  return nowSeconds < t.expiresAt - margin;
+  return nowMs < t.receivedMs + (lifetime - margin) * 1000;
+}
+
+function originOf(url: string): string | undefined {
+  try {
+    const u = new URL(url);
+    return u.protocol === "http:" || u.protocol === "https:" ? u.origin : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** An agent's connection to the broker (its JSON API, `docs/http-api.md`). */
 export class Taskpass {
   readonly url: string;
-  private readonly options: TaskpassOptions;
+  // `#`: really private, so that logging or serialising the client shows no secret.
+  readonly #options: TaskpassOptions;
 
   constructor(options: TaskpassOptions) {
     if (options.attestation === undefined && options.cert === undefined) {
       throw new Error("give an attestation (a token source) or a client certificate (cert and key)");
     }
     this.url = options.url.replace(/\/+$/, "");
-    this.options = options;
+    this.#options = options;
+  }
+
+  toJSON(): object {
+    return { url: this.url };
+  }
+
+  [Symbol.for("nodejs.util.inspect.custom")](): string {
+    return `Taskpass { url: ${JSON.stringify(this.url)} }`;
   }
 
   /** @internal */
   async call(method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
-    const token = await readAttestation(this.options.attestation);
+    const token = await readAttestation(this.#options.attestation);
     const headers: Record<string, string> = {};
     if (token) headers.authorization = `Bearer ${token}`;
     if (body !== undefined) headers["content-type"] = "application/json";
     let a;
     try {
-      a = await send(method, this.url + path, this.options, headers, body === undefined ? undefined : JSON.stringify(body));
+      a = await send(method, this.url + path, this.#options, headers, body === undefined ? undefined : JSON.stringify(body));
     } catch (e) {
       throw new TaskpassError(`cannot reach the broker at ${this.url}: ${(e as Error).message}`, "UNAVAILABLE");
     }
@@ -120,13 +143,25 @@ export class Taskpass {
 export class Task {
   info: TaskInfo;
   completed = false;
-  private readonly client: Taskpass;
-  private readonly tokens = new Map<string, Token>();
-  private readonly pending = new Map<string, Promise<Token>>();
+  readonly #client: Taskpass;
+  readonly #tokens = new Map<string, Token>();
+  readonly #pending = new Map<string, Promise<Token>>();
 
   constructor(client: Taskpass, info: TaskInfo) {
-    this.client = client;
+    this.#client = client;
     this.info = info;
+  }
+
+  toJSON(): object {
+    return { id: this.id, info: this.info, completed: this.completed };
+  }
+
+  [Symbol.for("nodejs.util.inspect.custom")](): string {
+    return `Task { id: ${JSON.stringify(this.id)}, completed: ${this.completed} }`;
+  }
+
+  #over(): TaskpassError {
+    return new TaskpassError(`task ${this.id} is completed: start a new task to get tokens`, "FAILED_PRECONDITION", 400);
   }
 
   get id(): string {
@@ -139,42 +174,48 @@ export class Task {
   }
 
   async tokenInfo(audience: string, scopes?: string[]): Promise<Token> {
+    if (this.completed) throw this.#over();
     const wanted = [...new Set(scopes ?? [])].sort();
     const key = JSON.stringify([audience, wanted]);
-    const cached = this.tokens.get(key);
+    const cached = this.#tokens.get(key);
     if (cached && isFresh(cached)) return cached;
     // Many callers at once share one fetch.
-    let p = this.pending.get(key);
+    let p = this.#pending.get(key);
     if (!p) {
       p = (async () => {
-        const b = await this.client.call("POST", `/v1/tasks/${encodeURIComponent(this.id)}/tokens`, {
+        const b = await this.#client.call("POST", `/v1/tasks/${encodeURIComponent(this.id)}/tokens`, {
           audience,
           scopes: wanted,
         });
-        const t: Token = {
-          accessToken: String(b.access_token),
+        // Completed while this fetch ran: its tokens are revoked.
+        if (this.completed) throw this.#over();
+        const expiresAt = Number(b.expires_at);
+        const t = {
           tokenId: String(b.token_id),
           audience,
           scopes: (b.scopes as string[]) ?? [],
-          expiresAt: Number(b.expires_at),
-          issuedAt: Date.now() / 1000,
-        };
-        this.tokens.set(key, t);
+          expiresAt,
+          lifetime: Number(b.expires_in ?? expiresAt - Date.now() / 1000),
+          receivedMs: performance.now(),
+        } as Token;
+        // Not enumerable: a logged or serialised token shows no secret.
+        Object.defineProperty(t, "accessToken", { value: String(b.access_token), enumerable: false });
+        this.#tokens.set(key, t);
         return t;
-      })().finally(() => this.pending.delete(key));
-      this.pending.set(key, p);
+      })().finally(() => this.#pending.delete(key));
+      this.#pending.set(key, p);
     }
     return p;
   }
 
   /** Forgets the cached tokens (the next `token()` fetches a new one). */
   forgetTokens(): void {
-    this.tokens.clear();
+    this.#tokens.clear();
   }
 
   /** The task as the broker sees it now. */
   async refresh(): Promise<TaskInfo> {
-    this.info = (await this.client.call("GET", `/v1/tasks/${encodeURIComponent(this.id)}`)) as unknown as TaskInfo;
+    this.info = (await this.#client.call("GET", `/v1/tasks/${encodeURIComponent(this.id)}`)) as unknown as TaskInfo;
     return this.info;
   }
 
@@ -185,9 +226,9 @@ export class Task {
       failure === undefined
         ? undefined
         : { failed: true, failure: (failure instanceof Error ? failure.name : typeof failure).slice(0, 256) };
-    const b = await this.client.call("POST", `/v1/tasks/${encodeURIComponent(this.id)}/complete`, body);
+    const b = await this.#client.call("POST", `/v1/tasks/${encodeURIComponent(this.id)}/complete`, body);
     this.completed = true;
-    this.tokens.clear();
+    this.#tokens.clear();
     return Number(b.revoked_tokens ?? 0);
   }
 
@@ -209,22 +250,29 @@ export class Task {
     if (!this.completed) await this.finish(undefined);
   }
 
-  /** `fetch` with this task's token for `audience` (default: the URL's origin). */
+  /** `fetch` of `input` with this task's token for `audience` (default: the URL's origin);
+   * redirects are not followed with the token on. */
   async fetch(input: string | URL, init: RequestInit = {}, audience?: string): Promise<Response> {
     const aud = audience ?? new URL(input.toString()).origin;
     const headers = new Headers(init.headers);
     headers.set("authorization", `Bearer ${await this.token(aud)}`);
-    return fetch(input, { ...init, headers });
+    return fetch(input, { ...init, headers, redirect: "manual" });
   }
 
   /** A `fetch` for MCP transports (`new StreamableHTTPClientTransport(url, { fetch })`):
-   * adds the token for `resource` and, on a 401, fetches a new one and retries once. */
-  fetchFor(resource: string): (url: string | URL, init?: RequestInit) => Promise<Response> {
+   * adds the token for `resource` to requests for `origin` (default: the resource's own;
+   * anything else, an OAuth discovery or a redirect, goes without it) and, on a 401, fetches
+   * a new one and retries once. */
+  fetchFor(resource: string, origin?: string): (url: string | URL, init?: RequestInit) => Promise<Response> {
+    const ours = originOf(origin ?? resource);
+    if (ours === undefined) throw new Error(`resource ${resource} is not a URL: give the origin its token may go to`);
     return async (url, init = {}) => {
+      if (originOf(url.toString()) !== ours) return fetch(url, init);
       const attempt = async () => {
         const headers = new Headers(init.headers);
         headers.set("authorization", `Bearer ${await this.token(resource)}`);
-        return fetch(url, { ...init, headers });
+        // Never follow a redirect with the token on.
+        return fetch(url, { ...init, headers, redirect: "manual" });
       };
       const first = await attempt();
       if (first.status !== 401 || this.completed) return first;
@@ -259,21 +307,23 @@ export interface McpAuthProvider {
 class TaskAuthProvider implements McpAuthProvider {
   readonly redirectUrl = undefined;
   readonly clientMetadata = { redirect_uris: [] as string[], client_name: "taskpass", grant_types: ["client_credentials"] };
-  constructor(
-    private readonly task: Task,
-    private readonly resource: string,
-  ) {}
+  readonly #task: Task;
+  readonly #resource: string;
+  constructor(task: Task, resource: string) {
+    this.#task = task;
+    this.#resource = resource;
+  }
 
   async token(): Promise<string | undefined> {
-    return this.task.token(this.resource);
+    return this.#task.token(this.#resource);
   }
 
   async onUnauthorized(): Promise<void> {
-    this.task.forgetTokens();
+    this.#task.forgetTokens();
   }
 
   async tokens() {
-    const t = await this.task.tokenInfo(this.resource);
+    const t = await this.#task.tokenInfo(this.#resource);
     return {
       access_token: t.accessToken,
       token_type: "Bearer",
@@ -283,7 +333,7 @@ class TaskAuthProvider implements McpAuthProvider {
   }
 
   clientInformation() {
-    return { client_id: this.task.info.agent_id };
+    return { client_id: this.#task.info.agent_id };
   }
 
   saveTokens(): void {

@@ -139,6 +139,10 @@ export class Verifier {
     for (const c of ["client_id", "txn", "scope"]) {
       if (typeof payload[c] !== "string") throw new InvalidTokenError("malformed", `token claim ${c} is missing`);
     }
+    const leeway = this.opts.leewaySeconds ?? DEFAULT_LEEWAY_SECONDS;
+    if ((payload.iat as number) > Date.now() / 1000 + leeway) {
+      throw new InvalidTokenError("not_yet_valid", "token is not yet valid");
+    }
     const max = this.opts.maxLifetimeSeconds ?? DEFAULT_MAX_LIFETIME_SECONDS;
     if ((payload.exp as number) - (payload.iat as number) > max) {
       throw new InvalidTokenError("malformed", "token lifetime is longer than the broker's maximum");

@@ -89,10 +89,16 @@ test("await using completes the task at the end of the block", async () => {
 
 test("tokens are fetched again before they expire, once for many callers", async () => {
   const { tp } = agent("ts-refresh");
+  // (tp holds the attestation callable; JSON.stringify(tp) must not show it)
   const task = await tp.startTask({ purpose: "long", audiences: [API], scopes: ["read", "write"] });
   const first = await task.tokenInfo(API);
   assert.ok(isFresh(first));
-  assert.ok(!isFresh(first, first.expiresAt - 10), "near its end it is not handed out");
+  assert.ok(!isFresh(first, first.receivedMs + (first.lifetime - 10) * 1000), "near its end it is not handed out");
+  // Logged or serialised, a task and its tokens show no secret.
+  const { inspect } = await import("node:util");
+  for (const shown of [inspect(task), JSON.stringify(task), inspect(first), JSON.stringify(first), inspect(tp), JSON.stringify(tp)]) {
+    assert.ok(!shown.includes(first.accessToken) && !shown.includes("eyJ"), shown);
+  }
   const same = await Promise.all(Array.from({ length: 20 }, () => task.token(API, ["read"])));
   assert.equal(new Set(same).size, 1);
   task.forgetTokens();
@@ -170,4 +176,18 @@ test("oauth4webapi discovers the broker and gets a token with the jwt-bearer gra
     { [oauth.customFetch]: viaHttps },
   );
   await assert.rejects(oauth.processGenericTokenEndpointResponse(as, client, denied), (e: unknown) => e instanceof oauth.ResponseBodyError && e.error === "invalid_scope");
+});
+
+test("fetchFor sends the token to the resource's origin only", async () => {
+  const { tp } = agent("ts-origin");
+  const task = await tp.startTask({ purpose: "origin", audiences: [API], scopes: ["read"] });
+  assert.throws(() => task.fetchFor("tickets-api"), /not a URL/);
+  // A request elsewhere goes out without the token: here, to the broker, which answers 404
+  // to a path it does not serve; what matters is that no token was fetched for it.
+  const f = task.fetchFor(API);
+  const before = task.toJSON();
+  await assert.rejects(f("https://127.0.0.1:9/elsewhere"));
+  assert.deepEqual(task.toJSON(), before);
+  await task.complete();
+  await assert.rejects(task.token(API), (e: unknown) => e instanceof TaskpassError && e.code === "FAILED_PRECONDITION");
 });

@@ -160,6 +160,8 @@ async fn issue_token(
                 "access_token": t.access_token,
                 "token_id": t.token_id,
                 "expires_at": t.expires_at,
+                // Seconds left: a client caches it without trusting its own clock.
+                "expires_in": (t.expires_at - b.now()).max(0),
                 "scopes": t.scopes,
             }))
         },

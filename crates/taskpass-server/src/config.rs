@@ -438,10 +438,16 @@ impl ConfigFile {
             problems
                 .push("tokens.default_task_seconds is larger than tokens.max_task_seconds".into());
         }
-        if let Some(iss) = &self.server.issuer
-            && !iss.starts_with("https://")
-        {
-            problems.push(format!("server.issuer {iss:?} must be an https:// URL"));
+        if let Some(iss) = &self.server.issuer {
+            if !iss.starts_with("https://") {
+                problems.push(format!("server.issuer {iss:?} must be an https:// URL"));
+            }
+            if iss.ends_with('/') || iss.contains(['?', '#']) {
+                // Tokens carry it as `iss`, compared exactly; validators join paths to it.
+                problems.push(format!(
+                    "server.issuer {iss:?} must not end with '/' or carry a query or fragment"
+                ));
+            }
         }
         for n in &self.server.server_names {
             let dns_ok = !n.is_empty()

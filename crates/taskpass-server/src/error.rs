@@ -178,19 +178,38 @@ impl OAuthError {
     }
 }
 
+/// What a token request's credential is, for its errors: a refused credential is
+/// `invalid_grant` for an assertion (RFC 7523), `invalid_request` for a subject or actor
+/// token (RFC 8693 §2.2.2), `invalid_client` for client authentication (RFC 6749 §5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantCredential {
+    /// jwt-bearer's `assertion`.
+    Assertion,
+    /// token exchange's `subject_token` / `actor_token`.
+    Exchanged,
+    /// client_credentials' client authentication.
+    Client,
+}
+
 impl ApiError {
-    /// The token endpoint's answer for this error. `client_auth`: the grant authenticates a
-    /// client (client_credentials), so a refused attestation is `invalid_client` (401)
-    /// rather than `invalid_grant`.
-    pub fn oauth(&self, client_auth: bool) -> OAuthError {
+    /// The token endpoint's answer for this error, for a grant whose credential is `cred`.
+    pub fn oauth(&self, cred: GrantCredential) -> OAuthError {
         let description = self.to_string();
+        let refused = match cred {
+            GrantCredential::Assertion => (400, "invalid_grant"),
+            GrantCredential::Exchanged => (400, "invalid_request"),
+            GrantCredential::Client => (401, "invalid_client"),
+        };
         let (status, error) = match self {
-            Self::Unauthenticated(_) if client_auth => (401, "invalid_client"),
             Self::InvalidClient(_) => (401, "invalid_client"),
-            Self::Unauthenticated(_) => (400, "invalid_grant"),
+            Self::Unauthenticated(_) => refused,
             Self::Denied(d) => match d.rule {
                 r if r.starts_with("audience") => (400, "invalid_target"),
                 r if r.starts_with("scope") => (400, "invalid_scope"),
+                // The subject or actor token is unacceptable by policy.
+                r if r.starts_with("delegation") && cred == GrantCredential::Exchanged => {
+                    (400, "invalid_request")
+                }
                 _ if d.kind == DenialKind::InvalidArgument => (400, "invalid_request"),
                 _ => (400, "invalid_grant"),
             },

@@ -15,8 +15,12 @@ use crate::broker::Broker;
 pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
         .route("/.well-known/jwks.json", get(jwks))
-        .route(crate::oauth::METADATA_PATHS[0], get(crate::oauth::metadata))
-        .route(crate::oauth::METADATA_PATHS[1], get(crate::oauth::metadata))
+        .route(crate::oauth::METADATA_PATH, get(crate::oauth::metadata))
+        // RFC 8414 §3.1 path insertion, for an issuer with a path (behind a proxy).
+        .route(
+            &format!("{}/{{*issuer_path}}", crate::oauth::METADATA_PATH),
+            get(crate::oauth::metadata_inserted),
+        )
         .route(
             crate::oauth::TOKEN_PATH,
             axum::routing::post(crate::oauth::token),

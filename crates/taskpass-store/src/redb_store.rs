@@ -908,7 +908,15 @@ fn apply(
             }
             status_index_free(t, token)?;
             let made = create_task(t, rec, heads, task, task_audit)?;
-            record_token(t, rec, heads, token, token_audit)?;
+            // The task is written: a failure now must abort the whole batch (a fatal error
+            // rolls the transaction back) rather than commit the task without its token.
+            record_token(t, rec, heads, token, token_audit).map_err(|e| {
+                if is_fatal(&e) {
+                    e
+                } else {
+                    StoreError::Engine(format!("a task was written without its token: {e}"))
+                }
+            })?;
             Ok(made)
         }
         Command::EndTask(end) => {

@@ -45,6 +45,10 @@ pub const MAX_STATUS_LIST_BYTES: usize = 1024 * 1024;
 /// The most lists cached at once.
 const MAX_CACHED_LISTS: usize = 1024;
 
+/// How long a failed fetch of a list is not tried again: its callers get the failure (or the
+/// copy within the budget) at once.
+const FETCH_BACKOFF: Duration = Duration::from_secs(1);
+
 /// The longest a list is cached, whatever its `ttl` says.
 const MAX_TTL: Duration = Duration::from_secs(300);
 
@@ -271,9 +275,14 @@ impl StatusListConfig {
 struct Cached {
     at: Instant,
     list: StatusList,
+    /// Milliseconds after the verifier's start when a token last asked for this list.
+    used_ms: AtomicU64,
 }
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// One list's fetch: held while it runs, and its last failure (when, why).
+type FetchSlot = Arc<tokio::sync::Mutex<Option<(Instant, VerifyError)>>>;
 
 /// The lists a verifier has read, and how it reads more.
 pub(crate) struct Lists {
@@ -285,8 +294,9 @@ pub(crate) struct Lists {
     leeway: u64,
     keys: Arc<RwLock<Arc<KeySet>>>,
     cache: RwLock<HashMap<u64, Arc<Cached>>>,
-    /// One fetch at a time: a thousand requests on an expired list make one fetch.
-    fetching: tokio::sync::Mutex<()>,
+    /// One fetch per list at a time: a thousand requests on an expired list make one fetch,
+    /// and its failure is remembered for [`FETCH_BACKOFF`] so that they do not each retry.
+    fetching: Mutex<HashMap<u64, FetchSlot>>,
     last_key_fetch: Mutex<Instant>,
     start: Instant,
     /// Milliseconds after `start` of the last successful fetch; 0 = never.
@@ -386,7 +396,7 @@ impl Lists {
             leeway,
             keys: Arc::clone(&keys),
             cache: RwLock::new(HashMap::new()),
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: Mutex::new(HashMap::new()),
             last_key_fetch: Mutex::new(Instant::now()),
             start: Instant::now(),
             last_ok_ms: AtomicU64::new(0),
@@ -459,6 +469,10 @@ impl Lists {
             .map_err(unavailable)?;
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ok_ms.store(ms.max(1), Ordering::Release);
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
         Ok(body)
     }
 
@@ -479,6 +493,10 @@ impl Lists {
         let set = KeySet::from_json(json)?;
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
         Ok(())
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Fetches the keys again unless that was done within [`MIN_KEY_REFETCH`]; true when it did.
@@ -508,6 +526,7 @@ impl Lists {
     fn cached(&self, n: u64, fetch_failed: bool) -> Option<Arc<Cached>> {
         let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
         let c = cache.get(&n)?;
+        c.used_ms.store(self.now_ms(), Ordering::Relaxed);
         let limit = if fetch_failed {
             c.list.ttl + self.budget
         } else {
@@ -524,20 +543,43 @@ impl Lists {
         if let Some(c) = self.cached(n, false) {
             return c.list.check(idx);
         }
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let me = Arc::clone(self);
-            rt.spawn(async move { me.fetch(n).await });
-        }
+        self.refresh_in_background(n);
         match self.cached(n, true) {
             Some(c) => c.list.check(idx),
             None => Err(VerifyError::Stale),
         }
     }
 
-    /// Checks `claims` against their list, fetching it when the copy held is too old.
-    pub(crate) async fn check(&self, claims: &AccessClaims) -> Result<(), VerifyError> {
+    /// Starts a fetch of list `n` unless one is running.
+    fn refresh_in_background(self: &Arc<Self>, n: u64) {
+        let slot = self.slot(n);
+        if slot.try_lock().is_err() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let me = Arc::clone(self);
+            rt.spawn(async move { me.fetch(n).await });
+        }
+    }
+
+    /// The fetch slot of list `n`.
+    fn slot(&self, n: u64) -> FetchSlot {
+        let mut slots = self.fetching.lock().unwrap_or_else(PoisonError::into_inner);
+        if slots.len() > MAX_CACHED_LISTS && !slots.contains_key(&n) {
+            slots.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        Arc::clone(slots.entry(n).or_default())
+    }
+
+    /// Checks `claims` against their list, fetching it when the copy held is too old; a copy
+    /// within the staleness budget serves at once while it is fetched again in the background.
+    pub(crate) async fn check(self: &Arc<Self>, claims: &AccessClaims) -> Result<(), VerifyError> {
         let (n, idx) = self.locate(claims)?;
         if let Some(c) = self.cached(n, false) {
+            return c.list.check(idx);
+        }
+        if let Some(c) = self.cached(n, true) {
+            self.refresh_in_background(n);
             return c.list.check(idx);
         }
         match self.fetch(n).await {
@@ -554,11 +596,23 @@ impl Lists {
 
     /// Fetches list `n` (once, however many callers want it) and caches it.
     async fn fetch(&self, n: u64) -> Result<StatusList, VerifyError> {
-        let _one = self.fetching.lock().await;
-        // Another caller may have fetched it while this one waited.
+        let slot = self.slot(n);
+        let mut last_failure = slot.lock().await;
+        // Another caller may have fetched it, or failed to, while this one waited.
         if let Some(c) = self.cached(n, false) {
             return Ok(c.list.clone());
         }
+        if let Some((at, e)) = &*last_failure
+            && at.elapsed() < FETCH_BACKOFF
+        {
+            return Err(e.clone());
+        }
+        let r = self.fetch_now(n).await;
+        *last_failure = r.as_ref().err().map(|e| (Instant::now(), e.clone()));
+        r
+    }
+
+    async fn fetch_now(&self, n: u64) -> Result<StatusList, VerifyError> {
         let body = self
             .get(
                 &format!("/statuslists/{n}"),
@@ -604,6 +658,7 @@ impl Lists {
             Arc::new(Cached {
                 at: Instant::now(),
                 list: list.clone(),
+                used_ms: AtomicU64::new(self.now_ms()),
             }),
         );
         Ok(list)
@@ -615,8 +670,15 @@ impl Lists {
     pub(crate) fn status(&self) -> RevocationStatus {
         let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
         let now = SystemClock.now();
+        let now_ms = self.now_ms();
+        // Only the lists tokens still ask for count: one nobody uses may stay old.
         let current = cache
             .values()
+            .filter(|c| {
+                let idle =
+                    Duration::from_millis(now_ms.saturating_sub(c.used_ms.load(Ordering::Relaxed)));
+                idle < c.list.ttl + self.budget
+            })
             .all(|c| c.at.elapsed() < c.list.ttl + self.budget && now < c.list.expires_at);
         let silent_for = match self.last_ok_ms.load(Ordering::Acquire) {
             0 => None,
@@ -633,7 +695,7 @@ impl Lists {
             .clone();
         RevocationStatus {
             current,
-            connected: last_error.is_none() || silent_for.is_some_and(|s| s < self.timeout),
+            connected: last_error.is_none(),
             silent_for,
             cursor: 0,
             tracked: cache.len(),

@@ -50,16 +50,21 @@ class Token:
     token_id: str
     audience: str
     scopes: tuple[str, ...]
+    #: The broker's ``exp`` (Unix seconds).
     expires_at: int
-    issued_at: float = field(default_factory=time.time)
+    #: Seconds it had left when it arrived.
+    lifetime: float = 0.0
+    #: When it arrived, on this process's monotonic clock: freshness never depends on the
+    #: wall clock agreeing with the broker's.
+    received: float = field(default_factory=time.monotonic)
 
     def fresh(self, now: float | None = None) -> bool:
-        """Whether it is far enough from its expiry to be handed out again."""
-        now = time.time() if now is None else now
-        lifetime = max(self.expires_at - self.issued_at, 1.0)
-        # Read at call time, so that the module's settings can be changed.
+        """Whether it is far enough from its expiry to be handed out again (``now``: a
+        :func:`time.monotonic` reading)."""
+        now = time.monotonic() if now is None else now
+        lifetime = max(self.lifetime, 1.0)
         margin = min(REFRESH_MARGIN_SECONDS, lifetime * REFRESH_FRACTION)
-        return now < self.expires_at - margin
+        return now < self.received + lifetime - margin
 
     def __repr__(self) -> str:  # never the token itself
         return f"Token(token_id={self.token_id!r}, audience={self.audience!r}, expires_at={self.expires_at})"
@@ -124,13 +129,27 @@ def _key(audience: str, scopes: Sequence[str] | None) -> tuple[str, tuple[str, .
 
 
 def _token(body: dict[str, Any], audience: str) -> Token:
+    expires_at = int(body["expires_at"])
     return Token(
         access_token=body["access_token"],
         token_id=body["token_id"],
         audience=audience,
         scopes=tuple(body.get("scopes", ())),
-        expires_at=int(body["expires_at"]),
+        expires_at=expires_at,
+        lifetime=float(body.get("expires_in", expires_at - time.time())),
     )
+
+
+def _over(task: "AsyncTask | Task") -> FailedPrecondition:
+    return FailedPrecondition(f"task {task.id} is completed: start a new task to get tokens")
+
+
+def _origin(url: str) -> str | None:
+    u = httpx.URL(url)
+    if u.scheme not in ("http", "https") or not u.host:
+        return None
+    port = u.port or (443 if u.scheme == "https" else 80)
+    return f"{u.scheme}://{u.host}:{port}"
 
 
 def _failure(exc: BaseException | None) -> dict[str, Any]:
@@ -151,6 +170,11 @@ class _Base:
         self.url = url.rstrip("/")
         self.attestation = attestation
         self._verify = _verify(ca)
+        if cert is not None:
+            # The agent's client certificate, for mTLS attestation.
+            ctx = self._verify if isinstance(self._verify, ssl.SSLContext) else ssl.create_default_context()
+            ctx.load_cert_chain(cert[0], cert[1])
+            self._verify = ctx
         self._cert = cert
         self._timeout = timeout
         if attestation is None and cert is None:
@@ -179,7 +203,7 @@ class AsyncClient(_Base):
         http: httpx.AsyncClient | None = None,
     ) -> None:
         super().__init__(url, attestation, ca, cert, timeout)
-        self._http = http or httpx.AsyncClient(verify=self._verify, cert=cert, timeout=timeout)
+        self._http = http or httpx.AsyncClient(verify=self._verify, timeout=timeout)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -280,6 +304,8 @@ class AsyncTask:
         return (await self.token_info(audience, scopes)).access_token
 
     async def token_info(self, audience: str, scopes: Sequence[str] | None = None) -> Token:
+        if self.completed:
+            raise _over(self)
         key = _key(audience, scopes)
         cached = self._tokens.get(key)
         if cached is not None and cached.fresh():
@@ -294,6 +320,8 @@ class AsyncTask:
                 f"/v1/tasks/{self.id}/tokens",
                 {"audience": audience, "scopes": list(key[1])},
             )
+            if self.completed:  # completed while this fetch ran: its tokens are revoked
+                raise _over(self)
             t = _token(body, audience)
             self._tokens[key] = t
             return t
@@ -323,33 +351,56 @@ class AsyncTask:
                 raise
             log.exception("taskpass: task %s could not be completed", self.id)
 
-    def httpx_auth(self, audience: str, scopes: Sequence[str] | None = None) -> "TaskAuth":
+    def httpx_auth(
+        self, audience: str, scopes: Sequence[str] | None = None, *, origin: str | None = None
+    ) -> "TaskAuth":
         """An ``httpx`` auth (also usable with ``httpx2``, which the MCP SDK uses) that sends
-        this task's token for ``audience``, fetched again before it expires."""
-        return _auth(self, audience, scopes)
+        this task's token for ``audience``, fetched again before it expires, to ``origin``
+        only (default: the audience's own, when it is a URL): requests elsewhere (an OAuth
+        discovery, a redirect) go without it."""
+        return _auth(self, audience, scopes, origin)
 
 
 class TaskAuth(httpx.Auth):
-    """``Authorization: Bearer <task token>`` on every request; with an async task, only
-    the async flow works, with a sync one only the sync flow."""
+    """``Authorization: Bearer <task token>`` on the requests to one origin; with an async
+    task, only the async flow works, with a sync one only the sync flow."""
 
-    def __init__(self, task: "AsyncTask | Task", audience: str, scopes: Sequence[str] | None) -> None:
+    def __init__(
+        self,
+        task: "AsyncTask | Task",
+        audience: str,
+        scopes: Sequence[str] | None,
+        origin: str | None = None,
+    ) -> None:
         self._task = task
         self._audience = audience
         self._scopes = scopes
+        self._origin = _origin(origin or audience)
+        if self._origin is None:
+            raise ValueError(
+                f"audience {audience!r} is not a URL: say where its token may be sent with origin=..."
+            )
+
+    def __repr__(self) -> str:
+        return f"TaskAuth(task={self._task.id!r}, audience={self._audience!r}, origin={self._origin!r})"
+
+    def _for_us(self, request: Any) -> bool:
+        return _origin(str(request.url)) == self._origin
 
     def sync_auth_flow(self, request: Any) -> Generator[Any, Any, None]:
         if not isinstance(self._task, Task):
             raise RuntimeError("this auth belongs to an async task: use an async HTTP client")
-        request.headers["Authorization"] = "Bearer " + self._task.token(self._audience, self._scopes)
+        if self._for_us(request):
+            request.headers["Authorization"] = "Bearer " + self._task.token(self._audience, self._scopes)
         yield request
 
     async def async_auth_flow(self, request: Any) -> AsyncIterator[Any]:
-        if isinstance(self._task, AsyncTask):
-            token = await self._task.token(self._audience, self._scopes)
-        else:
-            token = await asyncio.to_thread(self._task.token, self._audience, self._scopes)
-        request.headers["Authorization"] = "Bearer " + token
+        if self._for_us(request):
+            if isinstance(self._task, AsyncTask):
+                token = await self._task.token(self._audience, self._scopes)
+            else:
+                token = await asyncio.to_thread(self._task.token, self._audience, self._scopes)
+            request.headers["Authorization"] = "Bearer " + token
         yield request
 
 
@@ -364,8 +415,10 @@ except Exception:  # pragma: no cover - httpx2 not installed
     _AUTH_CLASS = TaskAuth
 
 
-def _auth(task: "AsyncTask | Task", audience: str, scopes: Sequence[str] | None) -> TaskAuth:
-    return _AUTH_CLASS(task, audience, scopes)
+def _auth(
+    task: "AsyncTask | Task", audience: str, scopes: Sequence[str] | None, origin: str | None
+) -> TaskAuth:
+    return _AUTH_CLASS(task, audience, scopes, origin)
 
 
 class Client(_Base):
@@ -382,7 +435,7 @@ class Client(_Base):
         http: httpx.Client | None = None,
     ) -> None:
         super().__init__(url, attestation, ca, cert, timeout)
-        self._http = http or httpx.Client(verify=self._verify, cert=cert, timeout=timeout)
+        self._http = http or httpx.Client(verify=self._verify, timeout=timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -478,6 +531,8 @@ class Task:
     def token_info(self, audience: str, scopes: Sequence[str] | None = None) -> Token:
         key = _key(audience, scopes)
         with self._lock:
+            if self.completed:
+                raise _over(self)
             cached = self._tokens.get(key)
             if cached is not None and cached.fresh():
                 return cached
@@ -512,8 +567,10 @@ class Task:
                 raise
             log.exception("taskpass: task %s could not be completed", self.id)
 
-    def httpx_auth(self, audience: str, scopes: Sequence[str] | None = None) -> TaskAuth:
-        return _auth(self, audience, scopes)
+    def httpx_auth(
+        self, audience: str, scopes: Sequence[str] | None = None, *, origin: str | None = None
+    ) -> TaskAuth:
+        return _auth(self, audience, scopes, origin)
 
 
 __all__ = [

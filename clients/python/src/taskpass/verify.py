@@ -99,6 +99,8 @@ class _Core:
         self.keys: dict[str, jwt.PyJWK] = {}
         self.last_key_fetch = 0.0
         self.lists: dict[int, _List] = {}
+        #: When each list last failed to be fetched, and why (monotonic seconds).
+        self.failed: dict[int, tuple[float, InvalidToken]] = {}
         self._list_re = re.compile(re.escape(self.issuer) + r"/statuslists/(0|[1-9][0-9]{0,18})")
 
     # The JWKS.
@@ -223,9 +225,11 @@ class _Core:
         sl = c.get("status_list")
         if not isinstance(sl, dict) or sl.get("bits") not in (1, 2, 4, 8) or not isinstance(sl.get("lst"), str):
             raise InvalidToken("revocations_stale", "the status list is malformed")
-        raw = jwt.utils.base64url_decode(sl["lst"])
-        d = zlib.decompressobj()
-        statuses = d.decompress(raw, MAX_LIST_BYTES + 1)
+        try:
+            raw = jwt.utils.base64url_decode(sl["lst"])
+            statuses = zlib.decompressobj().decompress(raw, MAX_LIST_BYTES + 1)
+        except (zlib.error, ValueError):
+            raise InvalidToken("revocations_stale", "the status list is not base64url ZLIB") from None
         if len(statuses) > MAX_LIST_BYTES:
             raise InvalidToken("revocations_stale", "the status list is larger than the size limit")
         ttl = c.get("ttl", 300)
@@ -233,6 +237,19 @@ class _Core:
         lst = _List(time.monotonic(), ttl, int(c["exp"]), int(sl["bits"]), statuses)
         self.lists[n] = lst
         return lst
+
+    def recent_failure(self, n: int) -> InvalidToken | None:
+        f = self.failed.get(n)
+        return f[1] if f is not None and time.monotonic() - f[0] < FETCH_BACKOFF else None
+
+    def record_failure(self, n: int, e: Exception) -> InvalidToken:
+        err = e if isinstance(e, InvalidToken) else InvalidToken(
+            "revocations_stale", f"the status list cannot be read: {e}"
+        )
+        if len(self.failed) > 1024:
+            self.failed.clear()
+        self.failed[n] = (time.monotonic(), err)
+        return err
 
     @staticmethod
     def judge(lst: _List, idx: int) -> None:
@@ -269,10 +286,42 @@ def _verify(ca: str | bool | None) -> "ssl.SSLContext | bool":
     return ca
 
 
-def _get(resp: httpx.Response, what: str) -> str:
+#: How long a failed fetch of a list is not tried again, seconds.
+FETCH_BACKOFF = 1.0
+MAX_JWKS_BYTES = 256 * 1024
+MAX_LIST_TOKEN_BYTES = 256 * 1024
+
+
+def _check_status(resp: httpx.Response, what: str) -> None:
     if resp.status_code != 200:
         raise InvalidToken("revocations_stale", f"{what}: HTTP {resp.status_code}")
-    return resp.text
+
+
+def _too_big(what: str, limit: int) -> InvalidToken:
+    return InvalidToken("revocations_stale", f"{what} is larger than {limit} bytes")
+
+
+async def _aget(http: httpx.AsyncClient, url: str, what: str, limit: int, accept: str) -> str:
+    """GETs at most ``limit`` bytes."""
+    async with http.stream("GET", url, headers={"accept": accept}) as resp:
+        _check_status(resp, what)
+        body = bytearray()
+        async for chunk in resp.aiter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise _too_big(what, limit)
+    return body.decode("utf-8", "replace")
+
+
+def _get(http: httpx.Client, url: str, what: str, limit: int, accept: str) -> str:
+    with http.stream("GET", url, headers={"accept": accept}) as resp:
+        _check_status(resp, what)
+        body = bytearray()
+        for chunk in resp.iter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise _too_big(what, limit)
+    return body.decode("utf-8", "replace")
 
 
 class AsyncVerifier:
@@ -307,10 +356,16 @@ class AsyncVerifier:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _fetch_keys(self) -> None:
+    async def _fetch_keys(self, kid: str) -> None:
+        core = self._core
         async with self._keys_lock:
-            resp = await self._http.get(self._core.base_url + "/.well-known/jwks.json")
-            self._core.load_keys(json.loads(_get(resp, "the JWKS")))
+            # Another caller may have fetched them while this one waited.
+            if kid in core.keys or (core.keys and not core.may_refetch()):
+                return
+            core.last_key_fetch = time.monotonic()
+            body = await _aget(self._http, core.base_url + "/.well-known/jwks.json", "the JWKS",
+                               MAX_JWKS_BYTES, "application/json")
+            core.load_keys(json.loads(body))
 
     async def verify(self, token: str) -> Claims:
         """The token's claims, or :class:`~taskpass.InvalidToken` with its reason."""
@@ -318,28 +373,35 @@ class AsyncVerifier:
         h, kid = core.header(token, "at+jwt")
         if kid not in core.keys and (not core.keys or core.may_refetch()):
             try:
-                await self._fetch_keys()
-            except (httpx.HTTPError, ValueError) as e:
+                await self._fetch_keys(kid)
+            except (httpx.HTTPError, ValueError, InvalidToken) as e:
                 raise InvalidToken("unknown_key", f"the broker's keys cannot be fetched: {e}") from None
         c = core.claims(token, core.key_for(h, kid), time.time())
         n, idx = core.locate(c)
         lst = core.usable(n, False)
         if lst is None:
-            async with self._list_lock:
-                lst = core.usable(n, False)
-                if lst is None:
-                    try:
-                        resp = await self._http.get(
-                            f"{core.base_url}/statuslists/{n}",
-                            headers={"accept": "application/statuslist+jwt"},
-                        )
-                        lst = core.read_list(n, _get(resp, "the status list"), time.time())
-                    except (httpx.HTTPError, InvalidToken) as e:
-                        lst = core.usable(n, True)
-                        if lst is None:
-                            raise InvalidToken("revocations_stale", f"the status list cannot be read: {e}") from None
+            lst = await self._list(n)
         core.judge(lst, idx)
         return core.result(c)
+
+    async def _list(self, n: int) -> _List:
+        core = self._core
+        async with self._list_lock:
+            lst = core.usable(n, False)
+            if lst is not None:
+                return lst
+            err = core.recent_failure(n)
+            if err is None:
+                try:
+                    body = await _aget(self._http, f"{core.base_url}/statuslists/{n}", "the status list",
+                                       MAX_LIST_TOKEN_BYTES, "application/statuslist+jwt")
+                    return core.read_list(n, body, time.time())
+                except (httpx.HTTPError, InvalidToken) as e:
+                    err = core.record_failure(n, e)
+        held = core.usable(n, True)
+        if held is None:
+            raise err
+        return held
 
 
 class Verifier:
@@ -360,6 +422,7 @@ class Verifier:
         self._core = _Core(issuer, audience, base_url, leeway, max_lifetime, staleness_budget)
         self._http = http or httpx.Client(verify=_verify(ca), timeout=5.0)
         self._lock = threading.Lock()
+        self._keys_lock = threading.Lock()
 
     def close(self) -> None:
         self._http.close()
@@ -367,27 +430,33 @@ class Verifier:
     def verify(self, token: str) -> Claims:
         core = self._core
         h, kid = core.header(token, "at+jwt")
-        with self._lock:
-            if kid not in core.keys and (not core.keys or core.may_refetch()):
-                try:
-                    resp = self._http.get(core.base_url + "/.well-known/jwks.json")
-                    core.load_keys(json.loads(_get(resp, "the JWKS")))
-                except (httpx.HTTPError, ValueError) as e:
-                    raise InvalidToken("unknown_key", f"the broker's keys cannot be fetched: {e}") from None
+        if kid not in core.keys and (not core.keys or core.may_refetch()):
+            with self._keys_lock:
+                if kid not in core.keys and (not core.keys or core.may_refetch()):
+                    core.last_key_fetch = time.monotonic()
+                    try:
+                        body = _get(self._http, core.base_url + "/.well-known/jwks.json", "the JWKS",
+                                    MAX_JWKS_BYTES, "application/json")
+                        core.load_keys(json.loads(body))
+                    except (httpx.HTTPError, ValueError, InvalidToken) as e:
+                        raise InvalidToken("unknown_key", f"the broker's keys cannot be fetched: {e}") from None
         c = core.claims(token, core.key_for(h, kid), time.time())
         n, idx = core.locate(c)
-        with self._lock:
-            lst = core.usable(n, False)
+        lst = core.usable(n, False)
+        if lst is None:
+            with self._lock:
+                lst = core.usable(n, False)
+                err = core.recent_failure(n) if lst is None else None
+                if lst is None and err is None:
+                    try:
+                        body = _get(self._http, f"{core.base_url}/statuslists/{n}", "the status list",
+                                    MAX_LIST_TOKEN_BYTES, "application/statuslist+jwt")
+                        lst = core.read_list(n, body, time.time())
+                    except (httpx.HTTPError, InvalidToken) as e:
+                        err = core.record_failure(n, e)
             if lst is None:
-                try:
-                    resp = self._http.get(
-                        f"{core.base_url}/statuslists/{n}",
-                        headers={"accept": "application/statuslist+jwt"},
-                    )
-                    lst = core.read_list(n, _get(resp, "the status list"), time.time())
-                except (httpx.HTTPError, InvalidToken) as e:
-                    lst = core.usable(n, True)
-                    if lst is None:
-                        raise InvalidToken("revocations_stale", f"the status list cannot be read: {e}") from None
+                lst = core.usable(n, True)
+                if lst is None:
+                    raise err if err is not None else InvalidToken("revocations_stale")
         core.judge(lst, idx)
         return core.result(c)

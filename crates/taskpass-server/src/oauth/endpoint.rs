@@ -18,17 +18,14 @@ use taskpass_core::{Audience, Purpose, ScopeSet};
 
 use super::{CLIENT_CREDENTIALS, Credential, Grant, JWT_BEARER, TOKEN_EXCHANGE};
 use crate::broker::{Broker, Caller};
-use crate::error::{ApiError, OAuthError};
+use crate::error::{ApiError, GrantCredential, OAuthError};
 
 /// Where the token endpoint is served.
 pub(crate) const TOKEN_PATH: &str = "/oauth/token";
 
-/// Where the metadata is served: RFC 8414 §3 for an issuer without a path, and the OpenID
-/// Connect name some clients probe first.
-pub(crate) const METADATA_PATHS: [&str; 2] = [
-    "/.well-known/oauth-authorization-server",
-    "/.well-known/openid-configuration",
-];
+/// Where the metadata is served (RFC 8414 §3, for an issuer without a path). Not the OpenID
+/// Connect name: the broker is no OpenID provider, and a partial document there would mislead.
+pub(crate) const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 
 /// The largest form body read, bytes: room for a few JWTs.
 pub(crate) const MAX_FORM_BYTES: usize = 64 * 1024;
@@ -49,7 +46,8 @@ pub(crate) async fn metadata(State(b): State<Arc<Broker>>) -> impl IntoResponse 
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "token_endpoint": format!("{issuer}{TOKEN_PATH}"),
         "grant_types_supported": [JWT_BEARER, TOKEN_EXCHANGE, CLIENT_CREDENTIALS],
-        "token_endpoint_auth_methods_supported": ["none", "tls_client_auth", JWT_SPIFFE],
+        // `spiffe_jwt`: a JWT-SVID as client_assertion (client_assertion_type jwt-spiffe).
+        "token_endpoint_auth_methods_supported": ["none", "tls_client_auth", "spiffe_jwt"],
         "tls_client_certificate_bound_access_tokens": true,
         "dpop_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
         "response_types_supported": [],
@@ -65,6 +63,25 @@ pub(crate) async fn metadata(State(b): State<Arc<Broker>>) -> impl IntoResponse 
         ],
         doc.to_string(),
     )
+}
+
+/// `GET /.well-known/oauth-authorization-server/<path>`: the metadata of an issuer whose URL
+/// has that path (RFC 8414 §3.1); any other path is 404.
+pub(crate) async fn metadata_inserted(
+    State(b): State<Arc<Broker>>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+) -> Response {
+    let issuer_path = b
+        .issuer()
+        .splitn(4, '/')
+        .nth(3)
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_owned();
+    if issuer_path.is_empty() || path.trim_end_matches('/') != issuer_path {
+        return (StatusCode::NOT_FOUND, "no such issuer\n").into_response();
+    }
+    metadata(State(b)).await.into_response()
 }
 
 /// `POST /oauth/token`.
@@ -136,12 +153,16 @@ async fn answer(b: &Broker, caller: &Caller, req: Request<Body>) -> Result<Respo
     let form = Form::parse(&body)?;
     let dpop_jkt = dpop_key(b, &parts.headers)?;
     let grant = read_grant(&form, caller, dpop_jkt)?;
-    let client_auth = grant.grant_type == CLIENT_CREDENTIALS;
+    let cred = match grant.grant_type {
+        CLIENT_CREDENTIALS => GrantCredential::Client,
+        TOKEN_EXCHANGE => GrantCredential::Exchanged,
+        _ => GrantCredential::Assertion,
+    };
     let issued_token_type = (grant.grant_type == TOKEN_EXCHANGE).then_some(TOKEN_TYPE_ACCESS_TOKEN);
     let granted = b
         .grant(caller, grant)
         .await
-        .map_err(|e: ApiError| e.oauth(client_auth))?;
+        .map_err(|e: ApiError| e.oauth(cred))?;
     let mut doc = serde_json::json!({
         "access_token": granted.access_token,
         "token_type": granted.token_type,
@@ -172,12 +193,25 @@ fn error_response(e: &OAuthError) -> Response {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }
+    if e.status == 401 {
+        // RFC 6749 §5.2: a 401 names the authentication scheme.
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"taskpass\""),
+        );
+    }
     resp
 }
 
 /// The form's parameters, each at most once; empty ones dropped.
-#[derive(Debug)]
 struct Form(HashMap<String, String>);
+
+impl std::fmt::Debug for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The names only: the values hold assertions and tokens.
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
 
 impl Form {
     fn parse(body: &[u8]) -> Result<Self, OAuthError> {
@@ -259,7 +293,6 @@ fn read_grant(form: &Form, caller: &Caller, dpop_jkt: String) -> Result<Grant, O
             jwt_token_type(form.required("subject_token_type")?, "subject_token_type")?;
             if let Some(t) = form.get("requested_token_type")
                 && t != TOKEN_TYPE_ACCESS_TOKEN
-                && t != TOKEN_TYPE_JWT
             {
                 return Err(OAuthError::bad(
                     "invalid_request",
@@ -270,7 +303,7 @@ fn read_grant(form: &Form, caller: &Caller, dpop_jkt: String) -> Result<Grant, O
             match form.get("actor_token") {
                 Some(actor) => {
                     jwt_token_type(form.required("actor_token_type")?, "actor_token_type")?;
-                    user_token = Some(subject.to_owned());
+                    user_token = Some(super::Secret(subject.to_owned()));
                     (TOKEN_EXCHANGE, Credential::Jwt(actor.to_owned()))
                 }
                 None => (TOKEN_EXCHANGE, Credential::Jwt(subject.to_owned())),

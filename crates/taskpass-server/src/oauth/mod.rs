@@ -11,7 +11,7 @@
 
 mod endpoint;
 
-pub(crate) use endpoint::{METADATA_PATHS, TOKEN_PATH, metadata, token};
+pub(crate) use endpoint::{METADATA_PATH, TOKEN_PATH, metadata, metadata_inserted, token};
 
 use taskpass_core::{Audience, Purpose, ScopeSet, StartRequest};
 
@@ -25,7 +25,6 @@ pub(crate) const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-
 pub(crate) const CLIENT_CREDENTIALS: &str = "client_credentials";
 
 /// How the agent proves what it is.
-#[derive(Debug)]
 pub(crate) enum Credential {
     /// A platform JWT, verified exactly like an OIDC attestation.
     Jwt(String),
@@ -33,14 +32,24 @@ pub(crate) enum Credential {
     Certificate,
 }
 
-/// A token request, read and checked for shape by the endpoint.
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the JWT.
+        f.write_str(match self {
+            Self::Jwt(_) => "Jwt(..)",
+            Self::Certificate => "Certificate",
+        })
+    }
+}
+
+/// A token request, read and checked for shape by the endpoint. `Debug` shows no token.
 #[derive(Debug)]
 pub(crate) struct Grant {
     /// Which grant (for the audit and the answer).
     pub(crate) grant_type: &'static str,
     pub(crate) credential: Credential,
     /// The user's token, when the agent acts for a user (token exchange with `actor_token`).
-    pub(crate) user_token: Option<String>,
+    pub(crate) user_token: Option<Secret>,
     /// `client_id`, when sent: must name the attested agent.
     pub(crate) client_id: Option<String>,
     /// An open task of the agent to mint in; none opens an implicit task.
@@ -55,8 +64,16 @@ pub(crate) struct Grant {
     pub(crate) dpop_jkt: String,
 }
 
+/// A string that is never shown (`Debug` prints its length).
+pub(crate) struct Secret(pub(crate) String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
 /// A token granted.
-#[derive(Debug)]
 pub(crate) struct Granted {
     pub(crate) access_token: String,
     /// `Bearer`, or `DPoP` for a token bound to the proof's key.
