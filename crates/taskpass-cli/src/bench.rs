@@ -140,16 +140,31 @@ where
     let broker_pid = broker_pid.to_string();
     let cpu_before = (cpu_ns(&broker_pid), cpu_ns("self"));
     let start = Instant::now();
-    let mut all = match load {
+    let all = match load {
         Load::Closed => closed_loop(channels, args.concurrency, n, &call, &errors).await,
         Load::Open(rate) => open_loop(channels, args.concurrency, (n, rate), &call, &errors).await,
     };
-    let elapsed = start.elapsed().as_secs_f64();
+    summarize(
+        all,
+        start.elapsed().as_secs_f64(),
+        errors.load(Ordering::Relaxed),
+        (&broker_pid, cpu_before),
+    )
+}
+
+/// The figures of a run: latencies (µs, one per call), how long it took, the calls that
+/// failed, and the server's pid with the CPU times (server, this process) read before it.
+pub(crate) fn summarize(
+    mut all: Vec<u32>,
+    elapsed: f64,
+    errors: u64,
+    (server_pid, cpu_before): (&str, (u64, u64)),
+) -> Run {
     #[expect(clippy::cast_precision_loss, reason = "rates are approximate")]
     let per_request = |before: u64, after: u64| {
         after.saturating_sub(before) as f64 / 1000.0 / all.len().max(1) as f64
     };
-    let broker_cpu_us = per_request(cpu_before.0, cpu_ns(&broker_pid));
+    let broker_cpu_us = per_request(cpu_before.0, cpu_ns(server_pid));
     let client_cpu_us = per_request(cpu_before.1, cpu_ns("self"));
     all.sort_unstable();
     let pct = |p: f64| {
@@ -171,7 +186,7 @@ where
         p99_ms: pct(0.99),
         p999_ms: pct(0.999),
         max_ms: pct(1.0),
-        errors: errors.load(Ordering::Relaxed),
+        errors,
         broker_cpu_us,
         client_cpu_us,
     }

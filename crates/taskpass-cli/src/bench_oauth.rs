@@ -23,7 +23,7 @@ use taskpass_testkit::{ATTESTATION_AUDIENCE, DevIssuer, TestBroker};
 use tonic::transport::Channel;
 
 use crate::Output;
-use crate::bench::{BenchArgs, Run, cpu_ns, micros_since, run_json, run_line};
+use crate::bench::{BenchArgs, Run, cpu_ns, micros_since, run_json, run_line, summarize};
 
 const API: &str = "https://api.example";
 
@@ -121,33 +121,12 @@ async fn drive_http(
     for w in workers {
         all.extend(w.await.unwrap_or_default());
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    all.sort_unstable();
-    #[expect(clippy::cast_precision_loss, reason = "rates are approximate")]
-    let per = |b: u64, a: u64| a.saturating_sub(b) as f64 / 1000.0 / all.len().max(1) as f64;
-    let pct = |p: f64| {
-        #[expect(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss,
-            reason = "index into a sorted sample"
-        )]
-        let i = ((all.len() as f64 - 1.0) * p).round() as usize;
-        f64::from(all.get(i).copied().unwrap_or(0)) / 1000.0
-    };
-    #[expect(clippy::cast_precision_loss, reason = "rates are approximate")]
-    let rate = all.len() as f64 / elapsed;
-    Ok(Run {
-        rate,
-        p50_ms: pct(0.5),
-        p90_ms: pct(0.9),
-        p99_ms: pct(0.99),
-        p999_ms: pct(0.999),
-        max_ms: pct(1.0),
-        errors: errors.load(Ordering::Relaxed),
-        broker_cpu_us: per(cpu_before.0, cpu_ns(&pid)),
-        client_cpu_us: per(cpu_before.1, cpu_ns("self")),
-    })
+    Ok(summarize(
+        all,
+        start.elapsed().as_secs_f64(),
+        errors.load(Ordering::Relaxed),
+        (&pid, cpu_before),
+    ))
 }
 
 fn form(params: &[(&str, &str)]) -> Bytes {

@@ -168,7 +168,31 @@ pub(crate) struct Live {
     keys_fetched: tokio::sync::watch::Sender<u64>,
     last_key_fetch: Mutex<Option<Instant>>,
     introspected: Mutex<HashMap<String, Answer>>,
-    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    tasks: Background,
+}
+
+/// Background tasks that stop when their owner goes.
+#[derive(Debug, Default)]
+pub(crate) struct Background(Mutex<Vec<tokio::task::AbortHandle>>);
+
+impl Background {
+    pub(crate) fn push(&self, task: tokio::task::AbortHandle) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(task);
+    }
+
+    pub(crate) fn abort_all(&self) {
+        for t in self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            t.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for Live {
@@ -185,15 +209,7 @@ pub(crate) struct LiveHandle(pub(crate) Arc<Live>);
 
 impl Drop for LiveHandle {
     fn drop(&mut self) {
-        for t in self
-            .0
-            .tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-        {
-            t.abort();
-        }
+        self.0.tasks.abort_all();
     }
 }
 
@@ -419,13 +435,10 @@ pub(crate) async fn start(config: &LiveConfig) -> Result<(Arc<Live>, KeySet), Ve
         keys_fetched,
         last_key_fetch: Mutex::new(Some(Instant::now())),
         introspected: Mutex::new(HashMap::new()),
-        tasks: Mutex::new(Vec::new()),
+        tasks: Background::default(),
     });
     let follower = tokio::spawn(follow(Arc::downgrade(&live)));
-    live.tasks
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(follower.abort_handle());
+    live.tasks.push(follower.abort_handle());
     let deadline = Instant::now() + config.connect_timeout;
     while !live.is_current() {
         if Instant::now() >= deadline {
@@ -484,10 +497,7 @@ pub(crate) fn spawn_key_refresh(live: &Arc<Live>, keys: Arc<RwLock<Arc<KeySet>>>
             live.keys_fetched.send_modify(|n| *n += 1);
         }
     });
-    live.tasks
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(task.abort_handle());
+    live.tasks.push(task.abort_handle());
 }
 
 async fn fetch_keys(client: &mut Client) -> Result<KeySet, VerifyError> {

@@ -303,7 +303,7 @@ pub(crate) struct Lists {
     last_ok_ms: AtomicU64,
     failures: AtomicU64,
     last_error: Mutex<Option<String>>,
-    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    tasks: crate::live::Background,
 }
 
 impl std::fmt::Debug for Lists {
@@ -321,15 +321,7 @@ pub(crate) struct ListsHandle(pub(crate) Arc<Lists>);
 
 impl Drop for ListsHandle {
     fn drop(&mut self) {
-        for t in self
-            .0
-            .tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-        {
-            t.abort();
-        }
+        self.0.tasks.abort_all();
     }
 }
 
@@ -402,7 +394,7 @@ impl Lists {
             last_ok_ms: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             last_error: Mutex::new(None),
-            tasks: Mutex::new(Vec::new()),
+            tasks: crate::live::Background::default(),
         });
         lists.fetch_keys().await?;
         let weak = Arc::downgrade(&lists);
@@ -416,11 +408,7 @@ impl Lists {
                 }
             }
         });
-        lists
-            .tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(task.abort_handle());
+        lists.tasks.push(task.abort_handle());
         Ok((lists, keys))
     }
 
