@@ -17,6 +17,7 @@ export const OTHER_API = "https://other.test";
 
 export interface Broker {
   url: string;
+  grpcUrl: string;
   caPem: string;
   dataDir: string;
   attestation(subject: string, ttl?: number): Promise<string>;
@@ -63,13 +64,14 @@ status_list_ttl_seconds = 1
     await new Promise((r) => setTimeout(r, 50));
   }
   await new Promise((r) => setTimeout(r, 50));
-  const doc = JSON.parse(readFileSync(endpoint, "utf8")) as { http: string };
+  const doc = JSON.parse(readFileSync(endpoint, "utf8")) as { http: string; grpc: string };
   const cli = (...args: string[]) => {
     const out = execFileSync(join(BIN, "taskpass"), ["--data-dir", data, "--output", "json", ...args], { encoding: "utf8" });
     return out.trim() ? JSON.parse(out) : {};
   };
   return {
     url: doc.http,
+    grpcUrl: doc.grpc,
     caPem: readFileSync(join(data, "ca.pem"), "utf8"),
     dataDir: data,
     async attestation(subject: string, ttl = 300) {
@@ -98,6 +100,8 @@ status_list_ttl_seconds = 1
     },
   };
 }
+
+export const BIN_DIR = BIN;
 
 export function fresh(prefix: string): { name: string; subject: string } {
   const name = `${prefix}-${randomUUID().slice(0, 8)}`;

@@ -104,3 +104,69 @@ test("an MCP tool call lives as long as the task", async () => {
   const stale = { ...task.authProvider(resource.href), tokens: async () => ({ access_token: token, token_type: "Bearer" }) };
   await assert.rejects(whoami(new StreamableHTTPClientTransport(resource, { authProvider: stale as never })));
 });
+
+test("an MCP server behind the Rust tower layer takes Taskpass tokens with no extra code", async () => {
+  const { spawn } = await import("node:child_process");
+  const { mkdtempSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const { createServer } = await import("node:net");
+  const { BIN_DIR } = await import("./broker.js");
+  const audience = "https://tickets.example.com";
+  const creds = mkdtempSync(join(tmpdir(), "tp-validator-"));
+  broker.cli("validator", "add", "tickets-mcp", "--audience", audience, "--out", creds);
+  const port: number = await new Promise((r) => {
+    const s = createServer().listen(0, "127.0.0.1", () => {
+      const p = (s.address() as AddressInfo).port;
+      s.close(() => r(p));
+    });
+  });
+  const api = spawn(join(BIN_DIR, "protected-api"), [
+    "--broker", broker.grpcUrl, "--issuer", broker.url, "--credentials", creds, "--name", "tickets-mcp",
+    "--audience", audience, "--listen", `127.0.0.1:${port}`,
+  ], { stdio: ["ignore", "ignore", "inherit"] });
+  try {
+    const mcpUrl = new URL(`http://127.0.0.1:${port}/mcp`);
+    for (let i = 0; ; i++) {
+      try {
+        await fetch(`http://127.0.0.1:${port}/metrics`);
+        break;
+      } catch {
+        assert.ok(i < 300, "protected-api did not start");
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+    const { name, subject } = fresh("ts-rust-mcp");
+    broker.register(name, subject, { audiences: [audience], scopes: ["tickets:read"] });
+    const tp = new Taskpass({ url: broker.url, ca: broker.caPem, attestation: () => broker.attestation(subject) });
+    const task = await tp.startTask({ purpose: "rust mcp", audiences: [audience], scopes: ["tickets:read"] });
+    const client = new Client({ name: "agent", version: "0.1.0" });
+    await client.connect(new StreamableHTTPClientTransport(mcpUrl, { authProvider: task.authProvider(audience) }));
+    const tools = await client.listTools();
+    assert.deepEqual(tools.tools.map((t) => t.name), ["lookup_ticket"]);
+    const r = await client.callTool({ name: "lookup_ticket", arguments: { ticket_id: "4711" } });
+    assert.match((r.content as Array<{ text: string }>)[0]!.text, new RegExp(`ticket 4711: .*agent/${name}`));
+    await client.close();
+    const token = await task.token(audience);
+    await task.complete();
+    // The layer follows the revocation stream: refused within a second.
+    const start = Date.now();
+    for (;;) {
+      const res = await fetch(mcpUrl, {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json", accept: "application/json, text/event-stream" },
+        body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/list" }),
+      });
+      if (res.status === 401) {
+        const h = res.headers.get("www-authenticate") ?? "";
+        assert.match(h, /invalid_token/);
+        assert.match(h, /resource_metadata=/);
+        break;
+      }
+      assert.ok(Date.now() - start < 1000, `still accepted after ${Date.now() - start} ms: ${res.status}`);
+      await new Promise((res) => setTimeout(res, 10));
+    }
+  } finally {
+    api.kill("SIGTERM");
+  }
+});

@@ -25,6 +25,9 @@ pub enum ApiError {
     /// Malformed request.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A DPoP proof that cannot be used (already used).
+    #[error("{0}")]
+    InvalidProof(String),
     /// No such thing for this caller.
     #[error("{0}")]
     NotFound(String),
@@ -69,7 +72,7 @@ impl ApiError {
                 // A feature this broker does not enable is a policy "no", naming its rule.
                 _ => Code::PermissionDenied,
             },
-            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::InvalidArgument(_) | Self::InvalidProof(_) => Code::InvalidArgument,
             Self::NotFound(_) => Code::NotFound,
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
@@ -202,6 +205,7 @@ impl ApiError {
         };
         let (status, error) = match self {
             Self::InvalidClient(_) => (401, "invalid_client"),
+            Self::InvalidProof(_) => (400, "invalid_dpop_proof"),
             Self::Unauthenticated(_) => refused,
             Self::Denied(d) => match d.rule {
                 r if r.starts_with("audience") => (400, "invalid_target"),

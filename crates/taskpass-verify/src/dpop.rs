@@ -103,11 +103,30 @@ impl DpopVerifier {
         }
     }
 
-    /// Verifies the proof of a token request (`htm` and `htu` those of `req`, fresh, not
-    /// replayed) at time `now`; returns the RFC 7638 thumbprint of its key (`cnf.jkt`).
-    pub fn token_request(&self, req: &DpopRequest<'_>, now: i64) -> Result<String, VerifyError> {
-        verify(req, None, None, now, self.window, &self.replays)
+    /// Verifies the proof of a token request (`htm` and `htu` those of `req`, fresh) at time
+    /// `now`, without using it up: call [`DpopVerifier::accept`] once the request is
+    /// authenticated, so that unauthenticated floods of proofs cannot churn the replay cache.
+    pub fn token_request(&self, req: &DpopRequest<'_>, now: i64) -> Result<DpopProof, VerifyError> {
+        verify(req, None, None, now, self.window)
     }
+
+    /// Uses the proof up: [`VerifyError::ReplayedProof`] if it was used before.
+    pub fn accept(&self, proof: &DpopProof, now: i64) -> Result<(), VerifyError> {
+        if self.replays.first_use(&proof.replay_key, proof.until, now) {
+            Ok(())
+        } else {
+            Err(VerifyError::ReplayedProof)
+        }
+    }
+}
+
+/// A DPoP proof that verified, not yet used up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopProof {
+    /// The RFC 7638 thumbprint of its key: the token's `cnf.jkt`.
+    pub jkt: String,
+    replay_key: String,
+    until: i64,
 }
 
 /// Checks `req` for an access token bound to the key with thumbprint `jkt`.
@@ -119,19 +138,22 @@ pub(crate) fn check(
     window: i64,
     cache: &ReplayCache,
 ) -> Result<(), VerifyError> {
-    verify(req, Some(access_token), Some(jkt), now, window, cache).map(|_| ())
+    let proof = verify(req, Some(access_token), Some(jkt), now, window)?;
+    if !cache.first_use(&proof.replay_key, proof.until, now) {
+        return Err(VerifyError::ReplayedProof);
+    }
+    Ok(())
 }
 
 /// Checks a proof: with `access_token`, its `ath` must be that token's hash; with `jkt`, its
-/// key must be that one. Returns the key's thumbprint.
+/// key must be that one. Returns it, not yet used up.
 fn verify(
     req: &DpopRequest<'_>,
     access_token: Option<&str>,
     jkt: Option<&taskpass_core::Confirmation>,
     now: i64,
     window: i64,
-    cache: &ReplayCache,
-) -> Result<String, VerifyError> {
+) -> Result<DpopProof, VerifyError> {
     if req.proof.len() > MAX_PROOF_BYTES {
         return Err(bad("size"));
     }
@@ -199,10 +221,11 @@ fn verify(
         }
     }
     // Per key: one client's jti cannot collide with another's.
-    if !cache.first_use(&format!("{thumbprint} {jti}"), iat + window, now) {
-        return Err(VerifyError::ReplayedProof);
-    }
-    Ok(thumbprint)
+    Ok(DpopProof {
+        replay_key: format!("{thumbprint} {jti}"),
+        until: iat + window,
+        jkt: thumbprint,
+    })
 }
 
 /// A base64url part holding a JSON object without repeated names.

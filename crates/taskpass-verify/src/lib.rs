@@ -47,7 +47,8 @@ mod status_list;
 mod verifier;
 
 pub use dpop::{
-    DEFAULT_PROOF_WINDOW_SECS, DEFAULT_REPLAY_CACHE, DpopRequest, DpopVerifier, MAX_PROOF_BYTES,
+    DEFAULT_PROOF_WINDOW_SECS, DEFAULT_REPLAY_CACHE, DpopProof, DpopRequest, DpopVerifier,
+    MAX_PROOF_BYTES,
 };
 pub use error::VerifyError;
 pub use keys::{KeySet, MAX_JWKS_BYTES, MAX_JWKS_KEYS};

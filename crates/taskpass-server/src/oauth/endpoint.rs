@@ -151,8 +151,8 @@ async fn answer(b: &Broker, caller: &Caller, req: Request<Body>) -> Result<Respo
         })?
         .to_bytes();
     let form = Form::parse(&body)?;
-    let dpop_jkt = dpop_key(b, &parts.headers)?;
-    let grant = read_grant(&form, caller, dpop_jkt)?;
+    let dpop = dpop_proof(b, &parts.headers)?;
+    let grant = read_grant(&form, caller, dpop)?;
     let cred = match grant.grant_type {
         CLIENT_CREDENTIALS => GrantCredential::Client,
         TOKEN_EXCHANGE => GrantCredential::Exchanged,
@@ -253,11 +253,14 @@ impl Form {
     }
 }
 
-/// The DPoP proof's key thumbprint, empty without one.
-fn dpop_key(b: &Broker, headers: &HeaderMap) -> Result<String, OAuthError> {
+/// The DPoP proof, verified but not yet used up (that waits for the grant's authentication).
+fn dpop_proof(
+    b: &Broker,
+    headers: &HeaderMap,
+) -> Result<Option<taskpass_verify::DpopProof>, OAuthError> {
     let mut proofs = headers.get_all("dpop").iter();
     let Some(proof) = proofs.next() else {
-        return Ok(String::new());
+        return Ok(None);
     };
     let invalid = |d: String| OAuthError::bad("invalid_dpop_proof", d);
     if proofs.next().is_some() {
@@ -276,11 +279,16 @@ fn dpop_key(b: &Broker, headers: &HeaderMap) -> Result<String, OAuthError> {
             },
             b.now(),
         )
+        .map(Some)
         .map_err(|e| invalid(format!("{e} (htu must be {url})")))
 }
 
 /// The grant the form asks for, checked for shape; nothing is verified yet.
-fn read_grant(form: &Form, caller: &Caller, dpop_jkt: String) -> Result<Grant, OAuthError> {
+fn read_grant(
+    form: &Form,
+    caller: &Caller,
+    dpop: Option<taskpass_verify::DpopProof>,
+) -> Result<Grant, OAuthError> {
     let grant_type = form.required("grant_type")?;
     let mut user_token = None;
     let (grant_type, credential) = match grant_type {
@@ -427,7 +435,7 @@ fn read_grant(form: &Form, caller: &Caller, dpop_jkt: String) -> Result<Grant, O
         audience,
         scopes,
         purpose,
-        dpop_jkt,
+        dpop,
     })
 }
 

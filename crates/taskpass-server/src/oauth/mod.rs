@@ -60,8 +60,8 @@ pub(crate) struct Grant {
     pub(crate) scopes: ScopeSet,
     /// A Taskpass extension: the implicit task's purpose.
     pub(crate) purpose: Option<Purpose>,
-    /// RFC 7638 thumbprint of the DPoP proof's key, or empty.
-    pub(crate) dpop_jkt: String,
+    /// The DPoP proof, verified, to be used up once the grant is authenticated.
+    pub(crate) dpop: Option<taskpass_verify::DpopProof>,
 }
 
 /// A string that is never shown (`Debug` prints its length).
@@ -108,12 +108,17 @@ impl Broker {
             )));
         }
         self.charge(&agent, "issue_token")?;
+        if let Some(proof) = &g.dpop {
+            self.token_proofs()
+                .accept(proof, self.now())
+                .map_err(|e| ApiError::InvalidProof(format!("DPoP proof: {e}")))?;
+        }
         let scopes = g.scopes.to_strings();
         let ask = TokenAsk {
             audience: g.audience.as_str(),
             scopes: &scopes,
             ttl_seconds: 0,
-            dpop_jkt: &g.dpop_jkt,
+            dpop_jkt: g.dpop.as_ref().map_or("", |p| p.jkt.as_str()),
         };
         let via = format!(" via=oauth grant={}", g.grant_type);
         let granted = |task_id: String, minted: &crate::broker::Minted| Granted {
