@@ -117,16 +117,16 @@ type Call = Arc<
 
 /// How calls are started.
 #[derive(Debug, Clone, Copy)]
-enum Load {
+pub(crate) enum Load {
     /// Each of `concurrency` workers starts its next call when the last one answers.
     Closed,
     /// Calls start on a fixed schedule, this many per second, at most `concurrency` at once.
     Open(f64),
 }
 
-async fn drive<F, Fut>(
+pub(crate) async fn drive<F, Fut>(
     channels: &[Channel],
-    args: &BenchArgs,
+    concurrency: usize,
     broker_pid: u32,
     (n, load): (u64, Load),
     call: F,
@@ -141,8 +141,8 @@ where
     let cpu_before = (cpu_ns(&broker_pid), cpu_ns("self"));
     let start = Instant::now();
     let all = match load {
-        Load::Closed => closed_loop(channels, args.concurrency, n, &call, &errors).await,
-        Load::Open(rate) => open_loop(channels, args.concurrency, (n, rate), &call, &errors).await,
+        Load::Closed => closed_loop(channels, concurrency, n, &call, &errors).await,
+        Load::Open(rate) => open_loop(channels, concurrency, (n, rate), &call, &errors).await,
     };
     summarize(
         all,
@@ -190,21 +190,6 @@ pub(crate) fn summarize(
         broker_cpu_us,
         client_cpu_us,
     }
-}
-
-/// [`drive`] in a closed loop: `n` calls, `args.concurrency` workers.
-pub(crate) async fn drive_closed<F, Fut>(
-    channels: &[Channel],
-    args: &BenchArgs,
-    broker_pid: u32,
-    n: u64,
-    call: F,
-) -> Run
-where
-    F: Fn(Channel) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send + 'static,
-{
-    drive(channels, args, broker_pid, (n, Load::Closed), call).await
 }
 
 /// Latencies in microseconds, one per call.
@@ -437,22 +422,7 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
     let pid = broker.pid().context("broker has no pid")?;
     let mut admin = broker.admin().await?;
     let subject = "bench-agent";
-    admin
-        .register_agent(pb::RegisterAgentRequest {
-            agent: Some(pb::Agent {
-                name: "bench".into(),
-                owner: "bench".into(),
-                purpose: "load test".into(),
-                oidc: vec![pb::OidcBinding {
-                    issuer: issuer.issuer().into(),
-                    subject: subject.into(),
-                }],
-                audiences: vec!["https://api.example".into()],
-                scopes: vec!["read".into(), "write".into()],
-                ..Default::default()
-            }),
-        })
-        .await?;
+    register_bench_agent(&mut admin, &issuer, "load test", &["read", "write"]).await?;
     let att = pb::Attestation {
         method: Some(pb::attestation::Method::OidcToken(issuer.token(
             subject,
@@ -488,24 +458,41 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
         if args.rounds > 1 {
             eprint(&format!("round {round} of {}", args.rounds));
         }
-        let echo = drive(&channels, &args, pid, (n, Load::Closed), |ch| async move {
-            tonic_health::pb::health_client::HealthClient::new(ch)
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .is_ok()
-        })
+        let echo = drive(
+            &channels,
+            args.concurrency,
+            pid,
+            (n, Load::Closed),
+            |ch| async move {
+                tonic_health::pb::health_client::HealthClient::new(ch)
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .is_ok()
+            },
+        )
         .await;
 
         eprint(&format!("IssueToken: {n} calls…"));
-        let issue = drive(&channels, &args, pid, (n, Load::Closed), issue_call.clone()).await;
+        let issue = drive(
+            &channels,
+            args.concurrency,
+            pid,
+            (n, Load::Closed),
+            issue_call.clone(),
+        )
+        .await;
         if let Some((mtls_channels, call)) = &mtls {
             eprint(&format!("IssueToken under mTLS attestation: {n} calls…"));
             let call = call.clone();
-            let m = drive(mtls_channels, &args, pid, (n, Load::Closed), move |ch| {
-                call(ch)
-            })
+            let m = drive(
+                mtls_channels,
+                args.concurrency,
+                pid,
+                (n, Load::Closed),
+                move |ch| call(ch),
+            )
             .await;
             mtls_rounds.push(m);
         }
@@ -519,7 +506,7 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
         Some(
             drive(
                 &channels,
-                &args,
+                args.concurrency,
                 pid,
                 (n, Load::Open(args.rate)),
                 issue_call,
@@ -650,6 +637,33 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
     }
     ensure!(recorded > 0, "no token was recorded");
     ensure!(errors == 0, "{errors} calls failed");
+    Ok(())
+}
+
+/// Registers agent `bench`, attested by `issuer`'s subject `bench-agent`, allowed
+/// `https://api.example` with `scopes`.
+pub(crate) async fn register_bench_agent(
+    admin: &mut pb::admin_service_client::AdminServiceClient<Channel>,
+    issuer: &DevIssuer,
+    purpose: &str,
+    scopes: &[&str],
+) -> anyhow::Result<()> {
+    admin
+        .register_agent(pb::RegisterAgentRequest {
+            agent: Some(pb::Agent {
+                name: "bench".into(),
+                owner: "bench".into(),
+                purpose: purpose.into(),
+                oidc: vec![pb::OidcBinding {
+                    issuer: issuer.issuer().into(),
+                    subject: "bench-agent".into(),
+                }],
+                audiences: vec!["https://api.example".into()],
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                ..Default::default()
+            }),
+        })
+        .await?;
     Ok(())
 }
 

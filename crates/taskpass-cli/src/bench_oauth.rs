@@ -23,7 +23,7 @@ use taskpass_testkit::{ATTESTATION_AUDIENCE, DevIssuer, TestBroker};
 use tonic::transport::Channel;
 
 use crate::Output;
-use crate::bench::{BenchArgs, Run, cpu_ns, micros_since, run_json, run_line, summarize};
+use crate::bench::{BenchArgs, Load, Run, cpu_ns, micros_since, run_json, run_line, summarize};
 
 const API: &str = "https://api.example";
 
@@ -150,24 +150,13 @@ async fn drive_grpc(
         channels.push(crate::bench::connect(&broker.grpc_url, &broker.ca_pem, None).await?);
     }
     let call = crate::bench::issue_call(att.clone(), task_id.to_owned());
-    let args = BenchArgs {
-        requests: n,
-        concurrency: connections,
-        connections: channels.len(),
-        sign_seconds: 0.0,
-        rounds: 1,
-        rate: 0.0,
-        soak: 0,
-        mtls: false,
-        soak_rate: 0.0,
-        validators: false,
-        oauth: false,
-        peer: None,
-        revocations: 1,
-        streams: 1,
-    };
     let pid = broker.pid().context("broker has no pid")?;
-    Ok(crate::bench::drive_closed(&channels, &args, pid, n, move |ch| call(ch)).await)
+    Ok(
+        crate::bench::drive(&channels, connections, pid, (n, Load::Closed), move |ch| {
+            call(ch)
+        })
+        .await,
+    )
 }
 
 /// Starts node oidc-provider from `dir` over HTTPS with a certificate made here.
@@ -239,21 +228,7 @@ pub(crate) async fn run(args: &BenchArgs, output: Output) -> anyhow::Result<()> 
     .await?;
     let pid = broker.pid().context("broker has no pid")?;
     let mut admin = broker.admin().await?;
-    admin
-        .register_agent(pb::RegisterAgentRequest {
-            agent: Some(pb::Agent {
-                name: "bench".into(),
-                owner: "bench".into(),
-                purpose: "token endpoint bench".into(),
-                oidc: vec![pb::OidcBinding {
-                    issuer: issuer.issuer().into(),
-                    subject: "bench-agent".into(),
-                }],
-                audiences: vec![API.into()],
-                scopes: vec!["read".into()],
-                ..Default::default()
-            }),
-        })
+    crate::bench::register_bench_agent(&mut admin, &issuer, "token endpoint bench", &["read"])
         .await?;
     let assertion = issuer.token("bench-agent", ATTESTATION_AUDIENCE, 3600);
     let att = pb::Attestation {

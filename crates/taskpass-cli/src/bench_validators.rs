@@ -51,22 +51,7 @@ pub async fn run(
     let broker = TestBroker::start_with(&issuer, &limits).await?;
     let pid = broker.pid().context("broker has no pid")?;
     let mut admin = broker.admin().await?;
-    admin
-        .register_agent(pb::RegisterAgentRequest {
-            agent: Some(pb::Agent {
-                name: "bench".into(),
-                owner: "bench".into(),
-                purpose: "validator bench".into(),
-                oidc: vec![pb::OidcBinding {
-                    issuer: issuer.issuer().into(),
-                    subject: "bench-agent".into(),
-                }],
-                audiences: vec![API.into()],
-                scopes: vec!["read".into()],
-                ..Default::default()
-            }),
-        })
-        .await?;
+    crate::bench::register_bench_agent(&mut admin, &issuer, "validator bench", &["read"]).await?;
     let att = || {
         Some(pb::Attestation {
             method: Some(pb::attestation::Method::OidcToken(issuer.token(

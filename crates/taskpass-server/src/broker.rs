@@ -292,6 +292,20 @@ pub(crate) fn task_to_pb(t: &Task, now: i64) -> pb::Task {
     }
 }
 
+/// What a task's opening records in the audit log's `detail`.
+pub(crate) fn task_detail(task: &Task) -> String {
+    format!(
+        "audiences={} scopes={} expires_at={}",
+        task.audiences
+            .iter()
+            .map(Audience::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
+        task.scopes.to_claim().replace(' ', ","),
+        task.expires_at
+    )
+}
+
 fn parse_task_id(s: &str) -> Result<TaskId, ApiError> {
     TaskId::parse(s).map_err(|e| ApiError::field("task_id", e))
 }
@@ -320,11 +334,6 @@ impl Broker {
     /// The JOSE algorithm tokens are signed with.
     pub fn signing_alg(&self) -> &'static str {
         "EdDSA"
-    }
-
-    /// The token endpoint's DPoP proof checker.
-    pub(crate) fn token_proofs(&self) -> &taskpass_verify::DpopVerifier {
-        &self.token_proofs
     }
 
     pub(crate) fn now(&self) -> i64 {
@@ -684,16 +693,7 @@ impl Broker {
         a.reason = "allow_lists".into();
         a.agent_id = agent.id.to_string();
         a.task_id = task.id.to_string();
-        a.detail = format!(
-            "audiences={} scopes={} expires_at={}",
-            task.audiences
-                .iter()
-                .map(|x| x.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-            task.scopes.to_claim().replace(' ', ","),
-            task.expires_at
-        );
+        a.detail = task_detail(&task);
         Ok((task, a))
     }
 

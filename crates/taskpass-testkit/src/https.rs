@@ -10,33 +10,17 @@ use rustls_pki_types::{CertificateDer, ServerName};
 
 /// GETs `url` (`https://host:port/path`), trusting only `ca_pem`; returns (status, body).
 pub async fn https_get(url: &str, ca_pem: &str) -> anyhow::Result<(u16, String)> {
-    let uri: hyper::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
-    let host = uri.host().context("URL has no host")?.to_owned();
-    let port = uri.port_u16().unwrap_or(443);
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c?)?;
+    let a = HttpsRequest {
+        method: "GET",
+        url,
+        ca_pem,
+        identity: None,
+        headers: &[],
+        body: &[],
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-    let name = ServerName::try_from(host.clone())?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-    tokio::spawn(conn);
-    let req = hyper::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
-        .header(hyper::header::HOST, format!("{host}:{port}"))
-        .body(Empty::<bytes::Bytes>::new())?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    .send()
+    .await?;
+    Ok((a.status, a.body))
 }
 
 /// What [`http_get`] got back.

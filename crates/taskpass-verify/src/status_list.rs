@@ -332,13 +332,17 @@ fn https_client(ca_pem: Option<&str>) -> Result<HttpsClient, VerifyError> {
     match ca_pem {
         Some(pem) => {
             for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                let cert = cert.map_err(|e| bad_config(format!("the CA is not valid PEM: {e}")))?;
+                let cert = cert.map_err(|e| {
+                    VerifyError::Unavailable(format!("the CA is not valid PEM: {e}"))
+                })?;
                 roots
                     .add(cert)
-                    .map_err(|e| bad_config(format!("the CA is not usable: {e}")))?;
+                    .map_err(|e| VerifyError::Unavailable(format!("the CA is not usable: {e}")))?;
             }
             if roots.is_empty() {
-                return Err(bad_config("the CA holds no PEM CERTIFICATE".into()));
+                return Err(VerifyError::Unavailable(
+                    "the CA holds no PEM CERTIFICATE".into(),
+                ));
             }
         }
         None => {
@@ -348,7 +352,7 @@ fn https_client(ca_pem: Option<&str>) -> Result<HttpsClient, VerifyError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| bad_config(format!("cannot configure TLS: {e}")))?
+        .map_err(|e| VerifyError::Unavailable(format!("cannot configure TLS: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     let connector = HttpsConnectorBuilder::new()
@@ -357,10 +361,6 @@ fn https_client(ca_pem: Option<&str>) -> Result<HttpsClient, VerifyError> {
         .enable_http1()
         .build();
     Ok(Client::builder(TokioExecutor::new()).build(connector))
-}
-
-fn bad_config(why: String) -> VerifyError {
-    VerifyError::Unavailable(why)
 }
 
 /// The list number in `uri` if it is one of `issuer`'s lists, spelled canonically.

@@ -270,7 +270,7 @@ fn dpop_proof(
         .to_str()
         .map_err(|_| invalid("the DPoP header is not ASCII".into()))?;
     let url = format!("{}{TOKEN_PATH}", b.issuer().trim_end_matches('/'));
-    b.token_proofs()
+    b.token_proofs
         .token_request(
             &taskpass_verify::DpopRequest {
                 proof,

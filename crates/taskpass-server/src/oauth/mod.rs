@@ -109,7 +109,7 @@ impl Broker {
         }
         self.charge(&agent, "issue_token")?;
         if let Some(proof) = &g.dpop {
-            self.token_proofs()
+            self.token_proofs
                 .accept(proof, self.now())
                 .map_err(|e| ApiError::InvalidProof(format!("DPoP proof: {e}")))?;
         }
@@ -165,16 +165,8 @@ impl Broker {
                 // Its one token: the task ends when the token does, and takes no other.
                 task.implicit = true;
                 task.expires_at = minted.record.expires_at;
-                task_audit.detail = format!(
-                    "audiences={} scopes={} expires_at={} implicit=true{via}",
-                    task.audiences
-                        .iter()
-                        .map(Audience::as_str)
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    task.scopes.to_claim().replace(' ', ","),
-                    task.expires_at
-                );
+                task_audit.detail =
+                    format!("{} implicit=true{via}", crate::broker::task_detail(&task));
                 minted.audit.detail.push_str(&via);
                 let answer = granted(task.id.to_string(), &minted);
                 // The task and its token are written together, durable before the token leaves.
