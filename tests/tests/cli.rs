@@ -366,16 +366,14 @@ async fn operator_roles_are_permission_bundles() {
     );
     let err = String::from_utf8_lossy(&denied.stderr);
     assert!(
-        err.contains("PERMISSION_DENIED") && err.contains("lacks permission revoke"),
+        err.contains("PERMISSION_DENIED") && err.contains("lacks permission tasks:revoke"),
         "{err}"
     );
     let denied = as_op("alice", &["agent", "offboard", "anyone"]);
-    assert!(
-        String::from_utf8_lossy(&denied.stderr).contains("lacks permission change_agent_state")
-    );
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("lacks permission agents:state"));
     // The approver may not read the audit log.
     let denied = as_op("bob", &["audit", "tail"]);
-    assert!(String::from_utf8_lossy(&denied.stderr).contains("lacks permission read_audit"));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("lacks permission audit:read"));
 
     // Each refusal is a decision in the audit log, naming the operator and the permission.
     let tail = json(&taskpass(&dir, &["audit", "tail", "--output", "json"]));
@@ -390,7 +388,7 @@ async fn operator_roles_are_permission_bundles() {
         refusals[0]["actor"],
         "spiffe://example.org/operator/auditor/alice"
     );
-    assert_eq!(refusals[2]["detail"], "permission=read_audit");
+    assert_eq!(refusals[2]["detail"], "rpc=TailAudit permission=audit:read");
 
     // A certificate from another CA does not get through the TLS handshake.
     let other = taskpass_testkit::TestCa::new("stranger").unwrap();
@@ -676,9 +674,26 @@ async fn operator_lifecycle() {
             .status
             .success()
     );
-    // An auditor may not manage operators.
-    let denied = as_op(&broker.grpc_url, "carol", &["operator", "list"]);
-    assert!(String::from_utf8_lossy(&denied.stderr).contains("lacks permission manage_operators"));
+    // An auditor sees who has access, and may not grant it.
+    assert!(
+        as_op(&broker.grpc_url, "carol", &["operator", "list"])
+            .status
+            .success()
+    );
+    let denied = as_op(
+        &broker.grpc_url,
+        "carol",
+        &[
+            "operator",
+            "issue",
+            "mallory",
+            "--role",
+            "admin",
+            "--out",
+            "/nonexistent",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("lacks permission operators:write"));
     let revoked = json(&taskpass(
         &dir,
         &[
@@ -772,4 +787,69 @@ async fn an_existing_admin_credential_is_recorded_on_upgrade() {
     let list = json(&taskpass(&dir, &["operator", "list", "--output", "json"]));
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["operator"], "bootstrap");
+}
+
+/// A custom role from `[roles.NAME]` grants what it lists and nothing else; a role the config
+/// no longer defines grants nothing (fail closed), though its certificate still authenticates.
+#[tokio::test]
+async fn custom_roles_come_from_the_config() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let issuer = DevIssuer::start().await.unwrap();
+    let roles =
+        "[roles.oncall]\npermissions = [\"tasks:read\", \"tasks:revoke\", \"tokens:revoke\"]\n";
+    let mut broker = TestBroker::start_with(&issuer, roles).await.unwrap();
+    let dir = broker.data_dir().to_path_buf();
+    let out = tempfile::tempdir().unwrap();
+    let outs = out.path().to_str().unwrap();
+    let undefined = taskpass(
+        &dir,
+        &["operator", "issue", "eve", "--role", "sre", "--out", outs],
+    );
+    let err = String::from_utf8_lossy(&undefined.stderr);
+    assert!(
+        err.contains("role \"sre\" is not defined") && err.contains("oncall"),
+        "{err}"
+    );
+    json(&taskpass(
+        &dir,
+        &[
+            "operator", "issue", "olga", "--role", "oncall", "--out", outs, "--output", "json",
+        ],
+    ));
+    let as_olga = |url: &str, args: &[&str]| {
+        Command::new(workspace_bin("taskpass").unwrap())
+            .args(["--server", url, "--ca"])
+            .arg(dir.join("ca.pem"))
+            .arg("--cert")
+            .arg(out.path().join("olga.pem"))
+            .arg("--key")
+            .arg(out.path().join("olga-key.pem"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        as_olga(&broker.grpc_url, &["task", "list"])
+            .status
+            .success()
+    );
+    let denied = as_olga(&broker.grpc_url, &["agent", "list"]);
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        err.contains("role oncall, which lacks permission agents:read"),
+        "{err}"
+    );
+
+    // The role is dropped from the config: the same certificate now may do nothing.
+    let config = std::fs::read_to_string(broker.config_path()).unwrap();
+    std::fs::write(broker.config_path(), config.replace(roles, "")).unwrap();
+    broker.restart().await.unwrap();
+    let denied = as_olga(&broker.grpc_url, &["task", "list"]);
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        err.contains("PERMISSION_DENIED")
+            && err.contains("does not define")
+            && err.contains("permission tasks:read is missing"),
+        "{err}"
+    );
 }

@@ -296,6 +296,12 @@ async fn whole_story() {
         .unwrap()
         .into_inner()
         .entries;
+    // An operator's read is audited too, before it runs: this tail is the last entry.
+    let (this_read, tail) = tail.split_last().unwrap();
+    assert_eq!(
+        (this_read.action.as_str(), this_read.detail.as_str()),
+        ("operator.read", "rpc=TailAudit permission=audit:read")
+    );
     let actions: Vec<&str> = tail.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(
         actions,
@@ -316,7 +322,7 @@ async fn whole_story() {
         .unwrap()
         .into_inner();
     assert!(v.ok);
-    assert_eq!(v.entries, 7);
+    assert_eq!(v.entries, 9, "with the two reads");
     let (_, metrics) = https_get(&format!("{}/metrics", broker.http_url), &broker.ca_pem)
         .await
         .unwrap();

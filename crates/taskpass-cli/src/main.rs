@@ -261,12 +261,12 @@ pub enum TokenCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum OperatorCmd {
-    /// Issue a client certificate for an operator with a role (admin, approver, auditor). The
-    /// key is made here; only a CSR goes to the broker, which records the certificate.
+    /// Issue a client certificate for an operator with a role (admin, approver, auditor, or a
+    /// `[roles.NAME]` of the config). The key is made here; only a CSR goes to the broker.
     Issue {
         /// Lowercase letters, digits and '-'.
         name: String,
-        /// admin, approver or auditor.
+        /// admin, approver, auditor, or a custom role of the broker's config.
         #[arg(long)]
         role: String,
         /// Validity in days (at most 90).

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{AgentId, SpiffeId};
-use crate::operator::Role;
+use crate::operator::RoleName;
 
 /// Who a certificate was issued to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,7 +21,7 @@ pub enum CertificateHolder {
         /// Its name (the last segment of its SPIFFE id).
         name: String,
         /// Its role.
-        role: Role,
+        role: RoleName,
     },
     /// A validator: a downstream API that introspects and follows revocations.
     Validator {

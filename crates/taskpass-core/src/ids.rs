@@ -4,6 +4,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ParseError, check_len, shown};
 
+/// The grammar of names (agents, operators, validators, roles): lowercase letters, digits and
+/// `-`, 1 to 63 bytes, not starting or ending with `-`; one SPIFFE path segment.
+pub(crate) fn check_name(what: &'static str, s: &str) -> Result<(), ParseError> {
+    check_len(what, s, 63)?;
+    let ok = s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if !ok {
+        return Err(ParseError::Invalid {
+            what,
+            value: shown(s),
+            why: "use lowercase letters, digits and '-', not at either end",
+        });
+    }
+    Ok(())
+}
+
 /// The name under which agent identities live, e.g. `example.org`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -71,19 +90,7 @@ pub struct AgentName(String);
 impl AgentName {
     /// Parses an agent name.
     pub fn parse(s: &str) -> Result<Self, ParseError> {
-        check_len("agent name", s, 63)?;
-        let ok = s
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !s.starts_with('-')
-            && !s.ends_with('-');
-        if !ok {
-            return Err(ParseError::Invalid {
-                what: "agent name",
-                value: shown(s),
-                why: "use lowercase letters, digits and '-', not at either end",
-            });
-        }
+        check_name("agent name", s)?;
         Ok(Self(s.to_owned()))
     }
 

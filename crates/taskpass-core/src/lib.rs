@@ -36,7 +36,7 @@ pub use certificate::{
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ParseError;
 pub use ids::{AgentId, AgentName, SpiffeId, TaskId, TokenId, TrustDomain};
-pub use operator::{Operator, Permission, Role};
+pub use operator::{Operator, Permission, Permissions, RoleName, Roles};
 pub use policy::{
     Denial, DenialKind, IssueGrant, IssueRequest, Limits, StartGrant, StartRequest, decide_issue,
     decide_start_task,

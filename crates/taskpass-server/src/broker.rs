@@ -62,6 +62,8 @@ pub struct Broker {
     pub(crate) status: crate::status::StatusLists,
     /// DPoP proofs presented at the token endpoint (RFC 9449 §4.3), each used once.
     pub(crate) token_proofs: taskpass_verify::DpopVerifier,
+    /// Operator roles and what each grants.
+    pub(crate) roles: taskpass_core::Roles,
 }
 
 /// The caps on what clients hold open.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use taskpass_attest::OidcIssuerConfig;
-use taskpass_core::{Limits, TrustDomain};
+use taskpass_core::{Limits, Permissions, RoleName, Roles, TrustDomain};
 
 /// The `[server]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -267,6 +267,14 @@ impl LimitsSection {
     }
 }
 
+/// One `[roles.NAME]` table: a custom operator role as the permissions it bundles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    /// Permission names, e.g. `["tokens:revoke", "tasks:revoke", "audit:read"]`.
+    pub permissions: Vec<String>,
+}
+
 /// The TOML file as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -286,6 +294,9 @@ pub struct ConfigFile {
     /// `[validation]`.
     #[serde(default)]
     pub validation: ValidationSection,
+    /// `[roles.NAME]`: custom operator roles beside admin, approver and auditor.
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, RoleConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -389,6 +400,8 @@ pub struct Config {
     pub caps: LimitsSection,
     /// The `[validation]` table.
     pub validation: ValidationSection,
+    /// Operator roles: the built-in ones and `[roles.NAME]`.
+    pub roles: Roles,
 }
 
 /// Why a configuration was refused: every problem found.
@@ -405,6 +418,7 @@ impl ConfigFile {
             attestation: default_attestation(),
             limits: default_limits(),
             validation: ValidationSection::default(),
+            roles: Default::default(),
         }
     }
 
@@ -497,6 +511,20 @@ impl ConfigFile {
                 }
             }
         }
+        let mut roles = Roles::builtin();
+        for (name, r) in &self.roles {
+            let defined = RoleName::parse(name)
+                .map_err(|e| e.to_string())
+                .and_then(|n| {
+                    if r.permissions.is_empty() {
+                        return Err("permissions is empty: a role must grant something".into());
+                    }
+                    roles.define(n, Permissions::parse(&r.permissions)?)
+                });
+            if let Err(e) = defined {
+                problems.push(format!("roles.{name}: {e}"));
+            }
+        }
         let resolve = |p: &Path| {
             let joined = if p.is_absolute() {
                 p.to_path_buf()
@@ -554,6 +582,7 @@ impl ConfigFile {
                 },
                 caps: self.limits,
                 validation: self.validation,
+                roles,
             }),
             _ => Err(ConfigError(problems)),
         }
@@ -640,6 +669,30 @@ max_ttl_seconds = 900
             .unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
         assert!(ConfigFile::parse("[server]\nlisten = \"nope\"").is_err());
+    }
+
+    #[test]
+    fn custom_roles() {
+        let c = ConfigFile::parse(
+            "[roles.oncall]\npermissions = [\"tokens:revoke\", \"tasks:revoke\", \"audit:read\"]",
+        )
+        .unwrap()
+        .validate(Path::new("/"))
+        .unwrap();
+        let oncall = c.roles.permissions(&RoleName::parse("oncall").unwrap());
+        assert!(oncall.contains(taskpass_core::Permission::TokensRevoke));
+        assert!(!oncall.contains(taskpass_core::Permission::AgentsWrite));
+        let bad = "[roles.admin]\npermissions = [\"audit:read\"]\n\
+                   [roles.Bad]\npermissions = [\"audit:read\"]\n\
+                   [roles.typo]\npermissions = [\"audit:reed\"]\n\
+                   [roles.empty]\npermissions = []";
+        let e = ConfigFile::parse(bad)
+            .unwrap()
+            .validate(Path::new("/"))
+            .unwrap_err();
+        assert_eq!(e.0.len(), 4, "{e}");
+        assert!(e.to_string().contains("audit:reed"), "{e}");
+        assert!(ConfigFile::parse("[roles.x]\npermissions = []\nextra = 1").is_err());
     }
 
     #[test]

@@ -79,8 +79,24 @@ impl Services {
         }
     }
 
-    async fn operator<T>(&self, req: &Request<T>) -> Result<taskpass_core::Operator, ApiError> {
-        self.broker.operator(&Self::caller(req)).await
+    /// An AdminService call: the caller is admitted as an operator with the permission the
+    /// one table (`permissions.rs`) maps `rpc` to, before `f` runs.
+    async fn admin<R, T, F, Fut>(
+        &self,
+        rpc: &'static str,
+        req: Request<R>,
+        f: F,
+    ) -> Result<Response<T>, Status>
+    where
+        F: FnOnce(taskpass_core::Operator, R) -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        let caller = Self::caller(&req);
+        self.run(rpc, async move {
+            let op = self.broker.admit(&caller, rpc).await?;
+            f(op, req.into_inner()).await
+        })
+        .await
     }
 }
 
@@ -381,9 +397,8 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::RegisterAgentRequest>,
     ) -> Result<Response<pb::RegisterAgentResponse>, Status> {
-        self.run("RegisterAgent", async {
-            let op = self.operator(&req).await?;
-            let agent = self.broker.register_agent(&op, req.into_inner()).await?;
+        self.admin("RegisterAgent", req, |op, req| async move {
+            let agent = self.broker.register_agent(&op, req).await?;
             Ok(pb::RegisterAgentResponse { agent: Some(agent) })
         })
         .await
@@ -393,8 +408,7 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        self.run("ListAgents", async {
-            let op = self.operator(&req).await?;
+        self.admin("ListAgents", req, |op, _req| async move {
             Ok(pb::ListAgentsResponse {
                 agents: self.broker.list_agents(&op).await?,
             })
@@ -406,10 +420,9 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
-        self.run("GetAgent", async {
-            let op = self.operator(&req).await?;
+        self.admin("GetAgent", req, |op, req| async move {
             Ok(pb::GetAgentResponse {
-                agent: Some(self.broker.get_agent(&op, &req.get_ref().name).await?),
+                agent: Some(self.broker.get_agent(&op, &req.name).await?),
             })
         })
         .await
@@ -419,9 +432,8 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::SetAgentStateRequest>,
     ) -> Result<Response<pb::SetAgentStateResponse>, Status> {
-        self.run("SetAgentState", async {
-            let op = self.operator(&req).await?;
-            self.broker.set_agent_state(&op, req.into_inner()).await
+        self.admin("SetAgentState", req, |op, req| async move {
+            self.broker.set_agent_state(&op, req).await
         })
         .await
     }
@@ -430,10 +442,9 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        self.run("ListTasks", async {
-            let op = self.operator(&req).await?;
+        self.admin("ListTasks", req, |op, req| async move {
             Ok(pb::ListTasksResponse {
-                tasks: self.broker.list_tasks(&op, req.into_inner()).await?,
+                tasks: self.broker.list_tasks(&op, req).await?,
             })
         })
         .await
@@ -443,9 +454,8 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::RevokeTaskRequest>,
     ) -> Result<Response<pb::RevokeTaskResponse>, Status> {
-        self.run("RevokeTask", async {
-            let op = self.operator(&req).await?;
-            self.broker.revoke_task(&op, req.into_inner()).await
+        self.admin("RevokeTask", req, |op, req| async move {
+            self.broker.revoke_task(&op, req).await
         })
         .await
     }
@@ -454,10 +464,9 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        self.run("ListTokens", async {
-            let op = self.operator(&req).await?;
+        self.admin("ListTokens", req, |op, req| async move {
             Ok(pb::ListTokensResponse {
-                tokens: self.broker.list_tokens(&op, req.into_inner()).await?,
+                tokens: self.broker.list_tokens(&op, req).await?,
             })
         })
         .await
@@ -467,10 +476,9 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        self.run("RevokeToken", async {
-            let op = self.operator(&req).await?;
+        self.admin("RevokeToken", req, |op, req| async move {
             Ok(pb::RevokeTokenResponse {
-                token: Some(self.broker.revoke_token(&op, req.into_inner()).await?),
+                token: Some(self.broker.revoke_token(&op, req).await?),
             })
         })
         .await
@@ -480,10 +488,9 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::UpdateAgentRequest>,
     ) -> Result<Response<pb::UpdateAgentResponse>, Status> {
-        self.run("UpdateAgent", async {
-            let op = self.operator(&req).await?;
+        self.admin("UpdateAgent", req, |op, req| async move {
             Ok(pb::UpdateAgentResponse {
-                agent: Some(self.broker.update_agent(&op, req.into_inner()).await?),
+                agent: Some(self.broker.update_agent(&op, req).await?),
             })
         })
         .await
@@ -493,11 +500,8 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::IssueOperatorCertificateRequest>,
     ) -> Result<Response<pb::IssueOperatorCertificateResponse>, Status> {
-        self.run("IssueOperatorCertificate", async {
-            let op = self.operator(&req).await?;
-            self.broker
-                .issue_operator_certificate(&op, req.into_inner())
-                .await
+        self.admin("IssueOperatorCertificate", req, |op, req| async move {
+            self.broker.issue_operator_certificate(&op, req).await
         })
         .await
     }
@@ -506,10 +510,9 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::ListOperatorsRequest>,
     ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
-        self.run("ListOperators", async {
-            let op = self.operator(&req).await?;
+        self.admin("ListOperators", req, |op, req| async move {
             Ok(pb::ListOperatorsResponse {
-                certificates: self.broker.list_operators(&op, req.into_inner()).await?,
+                certificates: self.broker.list_operators(&op, req).await?,
             })
         })
         .await
@@ -519,10 +522,9 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::RevokeOperatorRequest>,
     ) -> Result<Response<pb::RevokeOperatorResponse>, Status> {
-        self.run("RevokeOperator", async {
-            let op = self.operator(&req).await?;
+        self.admin("RevokeOperator", req, |op, req| async move {
             Ok(pb::RevokeOperatorResponse {
-                revoked: self.broker.revoke_operator(&op, req.into_inner()).await?,
+                revoked: self.broker.revoke_operator(&op, req).await?,
             })
         })
         .await
@@ -532,11 +534,8 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::IssueAgentCertificateRequest>,
     ) -> Result<Response<pb::IssueAgentCertificateResponse>, Status> {
-        self.run("IssueAgentCertificate", async {
-            let op = self.operator(&req).await?;
-            self.broker
-                .issue_agent_certificate(&op, req.into_inner())
-                .await
+        self.admin("IssueAgentCertificate", req, |op, req| async move {
+            self.broker.issue_agent_certificate(&op, req).await
         })
         .await
     }
@@ -545,10 +544,9 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::ListCertificatesRequest>,
     ) -> Result<Response<pb::ListCertificatesResponse>, Status> {
-        self.run("ListCertificates", async {
-            let op = self.operator(&req).await?;
+        self.admin("ListCertificates", req, |op, req| async move {
             Ok(pb::ListCertificatesResponse {
-                certificates: self.broker.list_certificates(&op, req.into_inner()).await?,
+                certificates: self.broker.list_certificates(&op, req).await?,
             })
         })
         .await
@@ -558,9 +556,8 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::RevokeCertificateRequest>,
     ) -> Result<Response<pb::RevokeCertificateResponse>, Status> {
-        self.run("RevokeCertificate", async {
-            let op = self.operator(&req).await?;
-            self.broker.revoke_certificate(&op, req.into_inner()).await
+        self.admin("RevokeCertificate", req, |op, req| async move {
+            self.broker.revoke_certificate(&op, req).await
         })
         .await
     }
@@ -569,9 +566,8 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::AddValidatorRequest>,
     ) -> Result<Response<pb::AddValidatorResponse>, Status> {
-        self.run("AddValidator", async {
-            let op = self.operator(&req).await?;
-            self.broker.add_validator(&op, req.into_inner()).await
+        self.admin("AddValidator", req, |op, req| async move {
+            self.broker.add_validator(&op, req).await
         })
         .await
     }
@@ -580,10 +576,9 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::ListValidatorsRequest>,
     ) -> Result<Response<pb::ListValidatorsResponse>, Status> {
-        self.run("ListValidators", async {
-            let op = self.operator(&req).await?;
+        self.admin("ListValidators", req, |op, req| async move {
             Ok(pb::ListValidatorsResponse {
-                certificates: self.broker.list_validators(&op, req.into_inner()).await?,
+                certificates: self.broker.list_validators(&op, req).await?,
             })
         })
         .await
@@ -593,10 +588,9 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::RevokeValidatorRequest>,
     ) -> Result<Response<pb::RevokeValidatorResponse>, Status> {
-        self.run("RevokeValidator", async {
-            let op = self.operator(&req).await?;
+        self.admin("RevokeValidator", req, |op, req| async move {
             Ok(pb::RevokeValidatorResponse {
-                revoked: self.broker.revoke_validator(&op, req.into_inner()).await?,
+                revoked: self.broker.revoke_validator(&op, req).await?,
             })
         })
         .await
@@ -606,10 +600,9 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::TailAuditRequest>,
     ) -> Result<Response<pb::TailAuditResponse>, Status> {
-        self.run("TailAudit", async {
-            let op = self.operator(&req).await?;
+        self.admin("TailAudit", req, |op, req| async move {
             Ok(pb::TailAuditResponse {
-                entries: self.broker.tail_audit(&op, req.into_inner()).await?,
+                entries: self.broker.tail_audit(&op, req).await?,
             })
         })
         .await
@@ -619,8 +612,7 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
-        self.run("VerifyAudit", async {
-            let op = self.operator(&req).await?;
+        self.admin("VerifyAudit", req, |op, _req| async move {
             self.broker.verify_audit(&op).await
         })
         .await

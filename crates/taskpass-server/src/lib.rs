@@ -25,6 +25,7 @@ mod keys;
 mod metrics;
 mod oauth;
 mod operators;
+mod permissions;
 mod pki;
 mod principals;
 mod ratelimit;

@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use taskpass_core::{
-    AgentName, AuditEntry, CertificateHolder, CertificateRecord, Operator, Permission,
-    PrincipalKind, Role, TrustDomain, is_canonical_serial, operator_holder_key,
+    AgentName, AuditEntry, CertificateHolder, CertificateRecord, Operator, PrincipalKind, RoleName,
+    TrustDomain, is_canonical_serial, operator_holder_key,
 };
 use taskpass_proto::v1 as pb;
 use taskpass_store::{IssueCertificate, Store, StoreError};
@@ -19,7 +19,7 @@ use crate::pki::{DEFAULT_OPERATOR_DAYS, IssuedCertificate, PkiError};
 
 /// The record of an operator certificate.
 fn operator_record(
-    role: Role,
+    role: &RoleName,
     name: &str,
     td: &TrustDomain,
     c: &IssuedCertificate,
@@ -29,7 +29,7 @@ fn operator_record(
         subject: crate::pki::operator_id(td, role, name)?,
         holder: CertificateHolder::Operator {
             name: name.to_owned(),
-            role,
+            role: role.clone(),
         },
         thumbprint: taskpass_core::certificate_thumbprint(&c.der),
         issued_at: c.not_before,
@@ -43,7 +43,7 @@ fn operator_record(
 pub(crate) async fn record_operator(
     store: &dyn Store,
     td: &TrustDomain,
-    role: Role,
+    role: &RoleName,
     name: &str,
     cert: &IssuedCertificate,
     now: i64,
@@ -82,7 +82,7 @@ pub(crate) async fn record_bootstrap_admin(
         record_operator(
             store,
             td,
-            Role::Admin,
+            &RoleName::admin(),
             "bootstrap",
             first,
             now,
@@ -107,7 +107,7 @@ pub(crate) async fn record_bootstrap_admin(
         return Ok(());
     };
     if store.certificate(&cert.serial).await?.is_none() {
-        record_operator(store, td, role, &name, &cert, now, "operator.bootstrap").await?;
+        record_operator(store, td, &role, &name, &cert, now, "operator.bootstrap").await?;
         tracing::info!(path = %path.display(), "recorded the existing admin credential");
     }
     Ok(())
@@ -126,7 +126,7 @@ pub async fn recover_admin(
     let (cert, key) = crate::pki::issue_operator(
         &issuer,
         &config.trust_domain,
-        Role::Admin,
+        &RoleName::admin(),
         name,
         DEFAULT_OPERATOR_DAYS,
     )?;
@@ -146,7 +146,7 @@ pub async fn recover_admin(
     record_operator(
         &store,
         &config.trust_domain,
-        Role::Admin,
+        &RoleName::admin(),
         name,
         &cert,
         now,
@@ -167,15 +167,18 @@ impl Broker {
         op: &Operator,
         req: pb::IssueOperatorCertificateRequest,
     ) -> Result<pb::IssueOperatorCertificateResponse, ApiError> {
-        self.authorize(op, Permission::ManageOperators).await?;
         AgentName::parse(&req.name).map_err(|e| ApiError::field("name", e))?;
-        let role = Role::parse(&req.role).ok_or_else(|| {
-            ApiError::InvalidArgument(format!(
-                "role {:?}: use admin, approver or auditor",
-                req.role
-            ))
-        })?;
-        let subject = crate::pki::operator_id(&self.trust_domain, role, &req.name)
+        let role = RoleName::parse(&req.role)
+            .ok()
+            .filter(|r| self.roles.contains(r))
+            .ok_or_else(|| {
+                ApiError::InvalidArgument(format!(
+                    "role {:?} is not defined on this broker: use one of {}, or define it under [roles] in the config",
+                    req.role,
+                    self.roles.names().map(RoleName::as_str).collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+        let subject = crate::pki::operator_id(&self.trust_domain, &role, &req.name)
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         let holder = CertificateHolder::Operator {
             name: req.name.clone(),
@@ -203,10 +206,9 @@ impl Broker {
     /// ListOperators.
     pub async fn list_operators(
         &self,
-        op: &Operator,
+        _op: &Operator,
         req: pb::ListOperatorsRequest,
     ) -> Result<Vec<pb::CertificateInfo>, ApiError> {
-        self.authorize(op, Permission::ManageOperators).await?;
         let limit = match req.limit {
             0 => 1000,
             n => usize::try_from(n).unwrap_or(1000).min(10_000),
@@ -226,7 +228,6 @@ impl Broker {
         op: &Operator,
         req: pb::RevokeOperatorRequest,
     ) -> Result<Vec<pb::CertificateInfo>, ApiError> {
-        self.authorize(op, Permission::ManageOperators).await?;
         let reason = crate::admin::text("reason", &req.reason, false)?;
         let target = req.serial_or_name.trim();
         let now = self.now();

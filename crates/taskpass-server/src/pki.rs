@@ -11,7 +11,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use taskpass_core::{Role, TrustDomain};
+use taskpass_core::{RoleName, TrustDomain};
 
 /// Data-dir file names: part of the public contract.
 pub mod files {
@@ -214,7 +214,7 @@ pub fn bootstrap(
         let (cert, key) = issue_operator(
             &issuer,
             trust_domain,
-            Role::Admin,
+            &RoleName::admin(),
             "bootstrap",
             MAX_OPERATOR_DAYS,
         )?;
@@ -335,15 +335,15 @@ pub fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, PkiError> {
 }
 
 /// The URI SAN of an operator: `spiffe://<trust-domain>/operator/<role>/<name>`.
-pub fn operator_uri(trust_domain: &TrustDomain, role: Role, name: &str) -> String {
-    format!("spiffe://{trust_domain}/operator/{}/{name}", role.as_str())
+pub fn operator_uri(trust_domain: &TrustDomain, role: &RoleName, name: &str) -> String {
+    format!("spiffe://{trust_domain}/operator/{role}/{name}")
 }
 
 /// Issues an operator client certificate to a key made here; returns it and the key PEM.
 pub fn issue_operator(
     issuer: &Issuer<'_, KeyPair>,
     trust_domain: &TrustDomain,
-    role: Role,
+    role: &RoleName,
     name: &str,
     days: u32,
 ) -> Result<(IssuedCertificate, String), PkiError> {
@@ -379,14 +379,17 @@ pub fn parse_issued(pem: &str) -> Result<IssuedCertificate, PkiError> {
 }
 
 /// The role and name of an operator certificate of `trust_domain`, from its URI SAN.
-pub fn operator_of(cert: &IssuedCertificate, trust_domain: &TrustDomain) -> Option<(Role, String)> {
+pub fn operator_of(
+    cert: &IssuedCertificate,
+    trust_domain: &TrustDomain,
+) -> Option<(RoleName, String)> {
     let (_, parsed) = x509_parser::parse_x509_certificate(&cert.der).ok()?;
     let san = parsed.subject_alternative_name().ok()??;
     san.value.general_names.iter().find_map(|n| match n {
         x509_parser::extensions::GeneralName::URI(u) => {
             let rest = u.strip_prefix(&format!("spiffe://{trust_domain}/operator/"))?;
             let (role, name) = rest.split_once('/')?;
-            Some((Role::parse(role)?, name.to_owned()))
+            Some((RoleName::parse(role).ok()?, name.to_owned()))
         }
         _ => None,
     })
@@ -395,7 +398,7 @@ pub fn operator_of(cert: &IssuedCertificate, trust_domain: &TrustDomain) -> Opti
 /// The SPIFFE id of an operator.
 pub fn operator_id(
     trust_domain: &TrustDomain,
-    role: Role,
+    role: &RoleName,
     name: &str,
 ) -> Result<taskpass_core::SpiffeId, PkiError> {
     taskpass_core::SpiffeId::parse(&operator_uri(trust_domain, role, name)).map_err(|e| {

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use taskpass_core::{
-    AgentName, AuditEntry, CertificateHolder, CertificateRecord, Operator, Permission, Role,
+    AgentName, AuditEntry, CertificateHolder, CertificateRecord, Operator, Permission, RoleName,
     SpiffeId,
 };
 use taskpass_proto::v1 as pb;
@@ -81,7 +81,7 @@ fn claimed(path: &str) -> Option<CertificateHolder> {
         AgentName::parse(name).ok()?;
         return Some(CertificateHolder::Operator {
             name: name.to_owned(),
-            role: Role::parse(role)?,
+            role: RoleName::parse(role).ok()?,
         });
     }
     let name = path.strip_prefix("/validator/")?;
@@ -137,6 +137,7 @@ impl Broker {
                 },
             ) if name == recorded && role == recorded_role => Principal::Operator(Operator {
                 id: id.spiffe_id.to_string(),
+                permissions: self.roles.permissions(&role),
                 role,
             }),
             (
@@ -200,7 +201,7 @@ impl Broker {
     ) -> Result<Principal, ApiError> {
         let p = self.principal(caller, Needs::Reader(rpc)).await?;
         if let Principal::Operator(op) = &p {
-            self.authorize(op, Permission::ReadTokens).await?;
+            self.authorize(op, Permission::TokensRead).await?;
         }
         Ok(p)
     }
@@ -315,17 +316,15 @@ mod tests {
     fn paths() {
         assert!(matches!(
             claimed("/operator/admin/ops"),
-            Some(CertificateHolder::Operator {
-                role: Role::Admin,
-                ..
-            })
+            Some(CertificateHolder::Operator { role, .. }) if role.as_str() == "admin"
         ));
         assert!(matches!(
             claimed("/validator/billing-api"),
             Some(CertificateHolder::Validator { .. })
         ));
         for bad in [
-            "/operator/root/x",
+            "/operator/Root/x",
+            "/operator/a_b/x",
             "/operator/admin/",
             "/operator/admin/A",
             "/validator/",

@@ -256,6 +256,7 @@ pub async fn serve(
             u32::try_from(taskpass_verify::DEFAULT_PROOF_WINDOW_SECS).unwrap_or(60),
             taskpass_verify::DEFAULT_REPLAY_CACHE,
         ),
+        roles: config.roles.clone(),
         conns: crate::broker::Connections {
             grpc: Admission::new(
                 "grpc",
