@@ -16,6 +16,7 @@ mod agent;
 mod audit;
 mod certificate;
 mod clock;
+mod decision;
 mod error;
 mod ids;
 pub mod jwt;
@@ -37,8 +38,12 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ParseError;
 pub use ids::{AgentId, AgentName, SpiffeId, TaskId, TokenId, TrustDomain};
 pub use operator::{Operator, Permission, Permissions, RoleName, Roles};
+pub use decision::{
+    AllowListsOnly, Decision, Denial, DenialKind, Policies, PolicyAction, PolicyContext,
+    PolicyQuery, PolicyResource, User, Verdict,
+};
 pub use policy::{
-    Denial, DenialKind, IssueGrant, IssueRequest, Limits, StartGrant, StartRequest, decide_issue,
+    DecisionContext, IssueGrant, IssueRequest, Limits, StartGrant, StartRequest, decide_issue,
     decide_start_task,
 };
 pub use revocation::{RevocationEvent, RevocationKind};

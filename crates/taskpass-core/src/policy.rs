@@ -1,12 +1,28 @@
-//! Request-time decisions: a pure function of (agent, request, context) that allows with a
-//! grant or denies with the rule that said no. The server calls these; later a Cedar policy
-//! set is evaluated beside the allow-lists, in the same place.
+//! Request-time decisions of StartTask and IssueToken: a pure function of (agent, request,
+//! context). The allow-lists are the first gate; the policy engine of the context decides on
+//! top; the answer has the one [`Decision`] shape.
 
 use std::fmt;
 
 use crate::agent::{Agent, AgentState};
+use crate::decision::{
+    Decision, Denial, DenialKind, Policies, PolicyAction, PolicyContext, PolicyQuery,
+    PolicyResource, User, Verdict,
+};
 use crate::scope::{Audience, Purpose, ScopeSet};
 use crate::task::{Task, TaskState};
+
+/// What a decision is taken against besides the request: the time, the broker's bounds and
+/// the policy engine.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionContext<'a> {
+    /// Unix seconds.
+    pub now: i64,
+    /// The broker-wide bounds on lifetimes.
+    pub limits: &'a Limits,
+    /// The policy engine ([`crate::AllowListsOnly`] when none is configured).
+    pub policies: &'a dyn Policies,
+}
 
 /// The broker-wide bounds on lifetimes, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,47 +48,6 @@ impl Default for Limits {
     }
 }
 
-/// How a denial maps onto the API's error codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DenialKind {
-    /// The request is malformed.
-    InvalidArgument,
-    /// Policy or allow-lists say no.
-    PermissionDenied,
-    /// The agent or task is not in a state that allows it.
-    FailedPrecondition,
-    /// The feature asked for is not available on this broker.
-    Unsupported,
-}
-
-/// A decision that says no, with the rule that said it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denial {
-    /// How it maps onto the API's error codes.
-    pub kind: DenialKind,
-    /// A stable name for the rule, e.g. `audience_not_allowed`; written to the audit log.
-    pub rule: &'static str,
-    /// What a person can do about it.
-    pub message: String,
-}
-
-impl Denial {
-    fn new(kind: DenialKind, rule: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            rule,
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for Denial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (rule {})", self.message, self.rule)
-    }
-}
-
 /// A parsed StartTask request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartRequest {
@@ -86,6 +61,8 @@ pub struct StartRequest {
     pub max_duration_seconds: u32,
     /// True when the request carries a user's token to act for.
     pub on_behalf_of_requested: bool,
+    /// The user it acts for, once their token is verified.
+    pub user: Option<User>,
 }
 
 /// What StartTask grants.
@@ -108,6 +85,8 @@ pub struct IssueRequest {
     pub scopes: ScopeSet,
     /// Requested TTL; 0 means the default.
     pub ttl_seconds: u32,
+    /// The user the task acts for, as verified when it started.
+    pub user: Option<User>,
 }
 
 /// What IssueToken grants.
@@ -142,15 +121,102 @@ fn list(scopes: impl Iterator<Item = impl fmt::Display>) -> String {
     scopes.map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
 }
 
-/// Decides a StartTask request of an attested agent at `now`.
+/// The resources a request for `audiences` and `scopes` acts on: each audience, each scope.
+fn resources<'a>(audiences: &'a [Audience], scopes: &'a ScopeSet) -> Vec<PolicyResource<'a>> {
+    audiences
+        .iter()
+        .map(PolicyResource::Audience)
+        .chain(scopes.iter().map(PolicyResource::Scope))
+        .collect()
+}
+
+/// The policy engine's verdict, in the decision's shape: `allow_lists` plus the permitting
+/// policies as reasons, or the denial naming the policies.
+fn ask<G>(policies: &dyn Policies, q: &PolicyQuery<'_>, grant: G) -> Decision<G> {
+    let reasons = |ids: Vec<String>| {
+        std::iter::once("allow_lists".to_owned())
+            .chain(ids.into_iter().map(|id| format!("policy:{id}")))
+            .collect()
+    };
+    match policies.evaluate(q) {
+        Verdict::Allow { policies } => Decision::Allow {
+            grant,
+            reasons: reasons(policies),
+        },
+        Verdict::NeedsApproval { policies } => Decision::NeedsApproval {
+            grant,
+            why: format!(
+                "policy {} requires a human's approval for {} by agent {}",
+                policies.join(", "),
+                q.action.as_str(),
+                q.agent.name
+            ),
+            policies,
+        },
+        Verdict::Deny {
+            rule,
+            policies,
+            message,
+        } => Decision::Deny(Denial {
+            kind: DenialKind::PermissionDenied,
+            rule,
+            policies,
+            message,
+        }),
+    }
+}
+
+/// Decides a StartTask request of an attested agent.
 pub fn decide_start_task(
     agent: &Agent,
     req: &StartRequest,
-    now: i64,
-    limits: &Limits,
+    ctx: &DecisionContext<'_>,
+) -> Decision<StartGrant> {
+    match start_allow_lists(agent, req, ctx) {
+        Ok(grant) => {
+            let resources = resources(&req.audiences, &req.scopes);
+            let q = PolicyQuery {
+                agent,
+                action: PolicyAction::StartTask,
+                resources: &resources,
+                context: PolicyContext {
+                    purpose: req.purpose.as_str(),
+                    scopes: &req.scopes,
+                    audiences: &req.audiences,
+                    ttl_seconds: 0,
+                    user: req.user.as_ref(),
+                    now: ctx.now,
+                    approved: false,
+                    arguments: None,
+                },
+            };
+            let decision = ask(ctx.policies, &q, grant);
+            let needs = req.scopes.intersection(&agent.allow.approval_scopes);
+            match decision {
+                Decision::Allow { grant, .. } if !needs.is_empty() => Decision::NeedsApproval {
+                    grant,
+                    why: format!(
+                        "scope {} is one of agent {}'s approval scopes",
+                        list(needs.iter()),
+                        agent.name
+                    ),
+                    policies: Vec::new(),
+                },
+                d => d,
+            }
+        }
+        Err(d) => Decision::Deny(d),
+    }
+}
+
+/// The allow-lists' part of StartTask: the first gate.
+fn start_allow_lists(
+    agent: &Agent,
+    req: &StartRequest,
+    ctx: &DecisionContext<'_>,
 ) -> Result<StartGrant, Denial> {
     require_active(agent)?;
-    if req.on_behalf_of_requested {
+    if req.on_behalf_of_requested && req.user.is_none() {
         return Err(Denial::new(
             DenialKind::Unsupported,
             "delegation_not_enabled",
@@ -191,39 +257,79 @@ pub fn decide_start_task(
             ),
         ));
     }
-    let needs_approval = req.scopes.intersection(&agent.allow.approval_scopes);
-    if !needs_approval.is_empty() {
-        return Err(Denial::new(
-            DenialKind::PermissionDenied,
-            "approval_required",
-            format!(
-                "scope {} needs a human's approval, and approvals are not enabled on this broker",
-                list(needs_approval.iter())
-            ),
-        ));
-    }
     let duration = match req.max_duration_seconds {
-        0 => limits.default_task_seconds,
+        0 => ctx.limits.default_task_seconds,
         d => d,
     }
-    .min(limits.max_task_seconds)
+    .min(ctx.limits.max_task_seconds)
     .max(1);
     Ok(StartGrant {
         audiences: req.audiences.clone(),
         scopes: req.scopes.clone(),
-        expires_at: now.saturating_add(i64::from(duration)),
+        expires_at: ctx.now.saturating_add(i64::from(duration)),
     })
 }
 
-/// Decides an IssueToken request for `task` of the attested `agent` at `now`. The caller has
-/// already checked that the task belongs to the agent (another agent's task is NOT_FOUND).
+/// Decides an IssueToken request for `task` of the attested `agent`. The caller has already
+/// checked that the task belongs to the agent (another agent's task is NOT_FOUND).
 pub fn decide_issue(
     agent: &Agent,
     task: &Task,
     req: &IssueRequest,
-    now: i64,
-    limits: &Limits,
+    ctx: &DecisionContext<'_>,
+) -> Decision<IssueGrant> {
+    let grant = match issue_allow_lists(agent, task, req, ctx) {
+        Ok(g) => g,
+        Err(d) => return Decision::Deny(d),
+    };
+    let resources = resources(std::slice::from_ref(&grant.audience), &grant.scopes);
+    let ttl = u32::try_from(grant.expires_at - grant.issued_at).unwrap_or(u32::MAX);
+    let q = PolicyQuery {
+        agent,
+        action: PolicyAction::IssueToken,
+        resources: &resources,
+        context: PolicyContext {
+            purpose: task.purpose.as_str(),
+            scopes: &grant.scopes,
+            audiences: std::slice::from_ref(&grant.audience),
+            ttl_seconds: ttl,
+            user: req.user.as_ref(),
+            now: ctx.now,
+            approved: task.approved_by.is_some(),
+            arguments: None,
+        },
+    };
+    match ask(ctx.policies, &q, grant.clone()) {
+        // The task was approved when it started: what it was approved for is granted.
+        Decision::NeedsApproval { policies, .. } if task.approved_by.is_some() => {
+            Decision::Allow {
+                grant,
+                reasons: std::iter::once("approved".to_owned())
+                    .chain(policies.into_iter().map(|id| format!("policy:{id}")))
+                    .collect(),
+            }
+        }
+        Decision::NeedsApproval { policies, .. } => Decision::Deny(Denial {
+            kind: DenialKind::PermissionDenied,
+            rule: "approval_required",
+            message: format!(
+                "this token needs a human's approval and task {} was not approved: start a task that asks for these scopes, so that it is sent for approval",
+                task.id
+            ),
+            policies,
+        }),
+        d => d,
+    }
+}
+
+/// The allow-lists' and the task's part of IssueToken: the first gate.
+fn issue_allow_lists(
+    agent: &Agent,
+    task: &Task,
+    req: &IssueRequest,
+    ctx: &DecisionContext<'_>,
 ) -> Result<IssueGrant, Denial> {
+    let (now, limits) = (ctx.now, ctx.limits);
     require_active(agent)?;
     let state = task.effective_state(now);
     if state != TaskState::Open {
@@ -357,6 +463,7 @@ mod tests {
             scopes: ScopeSet::parse(scopes).unwrap(),
             max_duration_seconds: dur,
             on_behalf_of_requested: false,
+            user: None,
         }
     }
 
@@ -373,6 +480,7 @@ mod tests {
             ended_at: None,
             on_behalf_of: None,
             approval_id: None,
+            approved_by: None,
             implicit: false,
         }
     }
@@ -382,6 +490,29 @@ mod tests {
             audience: Audience::parse(aud).unwrap(),
             scopes: ScopeSet::parse(scopes).unwrap(),
             ttl_seconds: ttl,
+            user: None,
+        }
+    }
+
+    fn ctx(now: i64, l: &Limits) -> DecisionContext<'_> {
+        DecisionContext {
+            now,
+            limits: l,
+            policies: &crate::AllowListsOnly,
+        }
+    }
+
+    fn ok<G: fmt::Debug>(d: Decision<G>) -> G {
+        match d {
+            Decision::Allow { grant, .. } => grant,
+            other => panic!("not allowed: {other:?}"),
+        }
+    }
+
+    fn no<G: fmt::Debug>(d: Decision<G>) -> Denial {
+        match d {
+            Decision::Deny(d) => d,
+            other => panic!("not denied: {other:?}"),
         }
     }
 
@@ -389,25 +520,30 @@ mod tests {
     fn start_allow_lists() {
         let a = agent();
         let l = Limits::default();
-        let g = decide_start_task(&a, &start(&["api"], &["read"], 0), 1000, &l).unwrap();
+        let g = ok(decide_start_task(&a, &start(&["api"], &["read"], 0), &ctx(1000, &l)));
         assert_eq!(g.expires_at, 1000 + 3600);
-        let d = decide_start_task(&a, &start(&["evil"], &["read"], 0), 1000, &l).unwrap_err();
+        let d = no(decide_start_task(&a, &start(&["evil"], &["read"], 0), &ctx(1000, &l)));
         assert_eq!(
             (d.kind, d.rule),
             (DenialKind::PermissionDenied, "audience_not_allowed")
         );
-        let d = decide_start_task(&a, &start(&["api"], &["root"], 0), 1000, &l).unwrap_err();
+        let d = no(decide_start_task(&a, &start(&["api"], &["root"], 0), &ctx(1000, &l)));
         assert_eq!(d.rule, "scope_not_allowed");
         assert!(d.message.contains("root"));
-        let d = decide_start_task(&a, &start(&["api"], &["admin"], 0), 1000, &l).unwrap_err();
-        assert_eq!(d.rule, "approval_required");
-        let d = decide_start_task(&a, &start(&[], &["read"], 0), 1000, &l).unwrap_err();
+        match decide_start_task(&a, &start(&["api"], &["admin"], 0), &ctx(1000, &l)) {
+            Decision::NeedsApproval { why, policies, .. } => {
+                assert!(why.contains("admin"), "{why}");
+                assert!(policies.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        let d = no(decide_start_task(&a, &start(&[], &["read"], 0), &ctx(1000, &l)));
         assert_eq!(d.kind, DenialKind::InvalidArgument);
-        let g = decide_start_task(&a, &start(&["api"], &["read"], 999_999), 0, &l).unwrap();
+        let g = ok(decide_start_task(&a, &start(&["api"], &["read"], 999_999), &ctx(0, &l)));
         assert_eq!(g.expires_at, 86400);
         let mut s = a.clone();
         s.state = AgentState::Suspended;
-        let d = decide_start_task(&s, &start(&["api"], &["read"], 0), 0, &l).unwrap_err();
+        let d = no(decide_start_task(&s, &start(&["api"], &["read"], 0), &ctx(0, &l)));
         assert_eq!(d.kind, DenialKind::FailedPrecondition);
     }
 
@@ -415,29 +551,29 @@ mod tests {
     fn issue_rules() {
         let a = agent();
         let l = Limits::default();
-        let g = decide_start_task(&a, &start(&["api"], &["read", "write"], 120), 1000, &l).unwrap();
+        let g = ok(decide_start_task(&a, &start(&["api"], &["read", "write"], 120), &ctx(1000, &l)));
         let t = task(&a, &g);
-        let ig = decide_issue(&a, &t, &issue("api", &[], 0), 1000, &l).unwrap();
+        let ig = ok(decide_issue(&a, &t, &issue("api", &[], 0), &ctx(1000, &l)));
         assert_eq!(ig.scopes, t.scopes);
         assert_eq!(ig.expires_at, 1120, "clamped to the task deadline");
-        let ig = decide_issue(&a, &t, &issue("api", &["read"], 30), 1000, &l).unwrap();
+        let ig = ok(decide_issue(&a, &t, &issue("api", &["read"], 30), &ctx(1000, &l)));
         assert_eq!(ig.expires_at, 1030);
         assert_eq!(ig.scopes.to_claim(), "read");
-        let d = decide_issue(&a, &t, &issue("db", &[], 0), 1000, &l).unwrap_err();
+        let d = no(decide_issue(&a, &t, &issue("db", &[], 0), &ctx(1000, &l)));
         assert_eq!(d.rule, "audience_not_in_task");
-        let d = decide_issue(&a, &t, &issue("api", &["admin"], 0), 1000, &l).unwrap_err();
+        let d = no(decide_issue(&a, &t, &issue("api", &["admin"], 0), &ctx(1000, &l)));
         assert_eq!(d.rule, "scope_not_in_task");
-        let d = decide_issue(&a, &t, &issue("api", &[], 0), 1120, &l).unwrap_err();
+        let d = no(decide_issue(&a, &t, &issue("api", &[], 0), &ctx(1120, &l)));
         assert_eq!(
             (d.kind, d.rule),
             (DenialKind::FailedPrecondition, "task_not_open")
         );
         let mut done = t.clone();
         done.state = TaskState::Completed;
-        assert!(decide_issue(&a, &done, &issue("api", &[], 0), 1000, &l).is_err());
+        assert!(decide_issue(&a, &done, &issue("api", &[], 0), &ctx(1000, &l)).denial().is_some());
         let mut shrunk = a.clone();
         shrunk.allow.scopes = ScopeSet::parse(&["read"]).unwrap();
-        let d = decide_issue(&shrunk, &t, &issue("api", &["write"], 0), 1000, &l).unwrap_err();
+        let d = no(decide_issue(&shrunk, &t, &issue("api", &["write"], 0), &ctx(1000, &l)));
         assert_eq!(d.rule, "scope_not_allowed");
     }
 
@@ -452,7 +588,7 @@ mod tests {
             let g = StartGrant { audiences: Audience::parse_list(&["api"]).unwrap(),
                                  scopes: ScopeSet::default(), expires_at: now + left };
             let t = task(&a, &g);
-            let ig = decide_issue(&a, &t, &issue("api", &[], req), now, &l).unwrap();
+            let ig = ok(decide_issue(&a, &t, &issue("api", &[], req), &ctx(now, &l)));
             let ttl = ig.expires_at - ig.issued_at;
             prop_assert!(ttl >= 1);
             prop_assert!(ttl <= i64::from(max));

@@ -69,6 +69,9 @@ pub struct Task {
     pub on_behalf_of: Option<String>,
     /// The approval request, while pending.
     pub approval_id: Option<String>,
+    /// The approver who approved it, when it needed approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
     /// Opened by the OAuth token endpoint for one grant without a `task_id`: it holds that
     /// one token (its deadline is the token's expiry) and takes no other.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -9,7 +9,7 @@ use taskpass_attest::{
 use taskpass_core::{
     AccessClaims, Agent, AgentState, Audience, AuditEntry, AuditOutcome, Binding, Clock,
     Confirmation, IssueRequest, Limits, Purpose, ScopeSet, StartRequest, Task, TaskId, TaskState,
-    TokenId, TokenRecord, TrustDomain, decide_issue, decide_start_task,
+    TokenId, TokenRecord, TrustDomain, decide_issue, decide_start_task, Decision, DecisionContext, Denial, DenialKind,
 };
 use taskpass_proto::v1 as pb;
 use taskpass_store::{EndTask, Store};
@@ -64,6 +64,8 @@ pub struct Broker {
     pub(crate) token_proofs: taskpass_verify::DpopVerifier,
     /// Operator roles and what each grants.
     pub(crate) roles: taskpass_core::Roles,
+    /// The policy set in force (replaced whole, atomically, by `policy apply`).
+    pub(crate) policies: crate::policies::ActivePolicies,
 }
 
 /// The caps on what clients hold open.
@@ -647,6 +649,7 @@ impl Broker {
                 scopes: ScopeSet::parse(&req.scopes).map_err(|e| ApiError::field("scopes", e))?,
                 max_duration_seconds: req.max_duration_seconds,
                 on_behalf_of_requested: !req.subject_token.is_empty(),
+                user: None,
             })
         })();
         let parsed = match parsed {
@@ -667,9 +670,26 @@ impl Broker {
         action: &'static str,
     ) -> Result<(Task, AuditEntry), ApiError> {
         let now = self.now();
-        let grant = match decide_start_task(agent, &parsed, now, &self.limits) {
-            Ok(g) => g,
-            Err(d) => {
+        let policies = self.policies.current();
+        let ctx = DecisionContext {
+            now,
+            limits: &self.limits,
+            policies: &*policies,
+        };
+        let (grant, reasons) = match decide_start_task(agent, &parsed, &ctx) {
+            Decision::Allow { grant, reasons } => (grant, reasons),
+            Decision::NeedsApproval { why, policies, .. } => {
+                let d = Denial {
+                    kind: DenialKind::PermissionDenied,
+                    rule: "approval_required",
+                    policies,
+                    message: format!(
+                        "{why}, and approvals are not enabled on this broker"
+                    ),
+                };
+                return Err(self.deny(agent, action, "", d.into()).await);
+            }
+            Decision::Deny(d) => {
                 let rule = d.rule;
                 let err = self.deny(agent, action, "", d.into()).await;
                 tracing::info!(rule, action, "denied");
@@ -688,11 +708,12 @@ impl Broker {
             ended_at: None,
             on_behalf_of: None,
             approval_id: None,
+            approved_by: None,
             implicit: false,
         };
         tracing::Span::current().record("task_id", task.id.to_string());
         let mut a = AuditEntry::draft(now, agent.id.as_str(), action);
-        a.reason = "allow_lists".into();
+        a.reason = reasons.join(" ");
         a.agent_id = agent.id.to_string();
         a.task_id = task.id.to_string();
         a.detail = task_detail(&task);
@@ -768,6 +789,7 @@ impl Broker {
                     .map_err(|e| ApiError::field("audience", e))?,
                 scopes: ScopeSet::parse(ask.scopes).map_err(|e| ApiError::field("scopes", e))?,
                 ttl_seconds: ask.ttl_seconds,
+                user: None,
             })
         })();
         let parsed = match parsed {
@@ -777,10 +799,21 @@ impl Broker {
             }
         };
         let now = self.now();
-        let grant = match decide_issue(agent, task, &parsed, now, &self.limits) {
-            Ok(g) => g,
-            Err(d) => {
+        let policies = self.policies.current();
+        let ctx = DecisionContext {
+            now,
+            limits: &self.limits,
+            policies: &*policies,
+        };
+        let (grant, reasons) = match decide_issue(agent, task, &parsed, &ctx) {
+            Decision::Allow { grant, reasons } => (grant, reasons),
+            Decision::Deny(d) => {
                 return Err(self.deny(agent, action, &task_id, d.into()).await);
+            }
+            Decision::NeedsApproval { .. } => {
+                // decide_issue answers allow or deny only: an approval happens at StartTask.
+                let e = ApiError::Internal("IssueToken decision asked for approval".into());
+                return Err(e);
             }
         };
         let mut record = TokenRecord {
@@ -809,7 +842,10 @@ impl Broker {
         claims.status = Some(status);
         let access_token = self.keys.sign(&claims)?;
         let mut a = AuditEntry::draft(now, agent.id.as_str(), action);
-        a.reason = "task_grant".into();
+        a.reason = std::iter::once("task_grant")
+            .chain(reasons.iter().map(String::as_str).filter(|r| *r != "allow_lists"))
+            .collect::<Vec<_>>()
+            .join(" ");
         a.agent_id = agent.id.to_string();
         a.task_id = task_id;
         a.token_id = record.id.to_string();

@@ -26,6 +26,7 @@ mod metrics;
 mod oauth;
 mod operators;
 mod permissions;
+mod policies;
 mod pki;
 mod principals;
 mod ratelimit;

@@ -257,6 +257,7 @@ pub async fn serve(
             taskpass_verify::DEFAULT_REPLAY_CACHE,
         ),
         roles: config.roles.clone(),
+        policies: crate::policies::ActivePolicies::allow_lists_only(),
         conns: crate::broker::Connections {
             grpc: Admission::new(
                 "grpc",

@@ -66,6 +66,7 @@ async fn main() {
                 ended_at: None,
                 on_behalf_of: None,
                 approval_id: None,
+                approved_by: None,
                 implicit: false,
             };
             store

@@ -244,6 +244,7 @@ mod tests {
             ended_at: None,
             on_behalf_of: None,
             approval_id: None,
+            approved_by: None,
             implicit: false,
         })
     }

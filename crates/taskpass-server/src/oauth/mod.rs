@@ -156,6 +156,7 @@ impl Broker {
                     scopes: g.scopes.clone(),
                     max_duration_seconds: 0,
                     on_behalf_of_requested: g.user_token.is_some(),
+                    user: None,
                 };
                 let (mut task, mut task_audit) =
                     self.open_task(&agent, start, "start_task").await?;

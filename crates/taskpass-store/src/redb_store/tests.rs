@@ -46,6 +46,7 @@ fn task(agent: &Agent, now: i64, secs: i64) -> Task {
         ended_at: None,
         on_behalf_of: None,
         approval_id: None,
+        approved_by: None,
         implicit: false,
     }
 }

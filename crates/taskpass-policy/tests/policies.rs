@@ -1,0 +1,271 @@
+//! The Cedar engine through the core's decisions: the example policies of `deploy/policies/`
+//! allow and deny what they say, denials name their policy, bad sets are refused whole.
+#![allow(clippy::unwrap_used)]
+
+use taskpass_core::{
+    Agent, AgentName, AgentState, AllowList, Audience, Binding, Decision, DecisionContext, Denial,
+    Limits, Policies, Purpose, ScopeSet, StartGrant, StartRequest, TrustDomain, decide_start_task,
+};
+use taskpass_policy::{PolicyEngine, PolicySource};
+
+const BASE: &str = include_str!("../../../deploy/policies/base.cedar");
+const HOURS: &str = include_str!("../../../deploy/policies/business-hours.cedar");
+const TENANT: &str = include_str!("../../../deploy/policies/tenant-audiences.cedar");
+const NO_DELETE: &str = include_str!("../../../deploy/policies/production-no-delete.cedar");
+
+/// Wednesday 2026-12-02 10:00 UTC, and 22:00 the same day, and Saturday 10:00.
+const WED_10: i64 = 1_796_205_600;
+const WED_22: i64 = WED_10 + 12 * 3600;
+const SAT_10: i64 = WED_10 + 3 * 86_400;
+
+fn agent(name: &str, tenant: &str, environment: &str) -> Agent {
+    let name = AgentName::parse(name).unwrap();
+    Agent {
+        id: TrustDomain::parse("example.org").unwrap().agent_id(&name),
+        name,
+        owner: "team".into(),
+        purpose: "p".into(),
+        tenant: tenant.into(),
+        environment: environment.into(),
+        state: AgentState::Active,
+        bindings: vec![Binding::Oidc {
+            issuer: "i".into(),
+            subject: "s".into(),
+        }],
+        allow: AllowList {
+            audiences: Audience::parse_list(&[
+                "https://api.acme.example",
+                "https://api.globex.example",
+            ])
+            .unwrap(),
+            scopes: ScopeSet::parse(&["payments:write", "repo:read", "repo:delete"]).unwrap(),
+            max_ttl_seconds: None,
+            approval_scopes: ScopeSet::default(),
+        },
+        review_every_days: 0,
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+fn engine(files: &[(&str, &str)]) -> PolicyEngine {
+    let sources: Vec<PolicySource> = files
+        .iter()
+        .map(|(n, t)| PolicySource::new(*n, *t))
+        .collect();
+    PolicyEngine::compile(&sources).unwrap()
+}
+
+fn start(
+    e: &dyn Policies,
+    a: &Agent,
+    aud: &[&str],
+    scopes: &[&str],
+    now: i64,
+) -> Decision<StartGrant> {
+    let req = StartRequest {
+        purpose: Purpose::parse("test").unwrap(),
+        audiences: Audience::parse_list(aud).unwrap(),
+        scopes: ScopeSet::parse(scopes).unwrap(),
+        max_duration_seconds: 0,
+        on_behalf_of_requested: false,
+        user: None,
+    };
+    let limits = Limits::default();
+    decide_start_task(
+        a,
+        &req,
+        &DecisionContext {
+            now,
+            limits: &limits,
+            policies: e,
+        },
+    )
+}
+
+fn allowed(d: &Decision<StartGrant>) -> &[String] {
+    match d {
+        Decision::Allow { reasons, .. } => reasons,
+        other => panic!("not allowed: {other:?}"),
+    }
+}
+
+fn denied(d: Decision<StartGrant>) -> Denial {
+    match d {
+        Decision::Deny(d) => d,
+        other => panic!("not denied: {other:?}"),
+    }
+}
+
+const ACME: &str = "https://api.acme.example";
+const GLOBEX: &str = "https://api.globex.example";
+
+#[test]
+fn the_base_policy_permits_within_the_allow_lists() {
+    let e = engine(&[("base.cedar", BASE)]);
+    let a = agent("bot", "", "");
+    let d = start(&e, &a, &[ACME], &["repo:read"], WED_10);
+    assert_eq!(allowed(&d), ["allow_lists", "policy:within-allow-lists"]);
+    // The allow-lists stay the first gate: Cedar never widens them.
+    let d = denied(start(&e, &a, &["https://evil.example"], &[], WED_10));
+    assert_eq!(d.rule, "audience_not_allowed");
+}
+
+#[test]
+fn without_a_permit_everything_is_denied() {
+    let e = engine(&[("no-delete.cedar", NO_DELETE)]);
+    let d = denied(start(&e, &agent("bot", "", ""), &[ACME], &["repo:read"], WED_10));
+    assert_eq!(d.rule, "no_policy_permits");
+    assert!(d.policies.is_empty());
+    assert!(d.message.contains("no policy permits StartTask"), "{}", d.message);
+}
+
+#[test]
+fn payments_only_in_business_hours() {
+    let e = engine(&[("base.cedar", BASE), ("business-hours.cedar", HOURS)]);
+    let a = agent("bot", "", "");
+    allowed(&start(&e, &a, &[ACME], &["payments:write"], WED_10));
+    for when in [WED_22, SAT_10] {
+        let d = denied(start(&e, &a, &[ACME], &["payments:write"], when));
+        assert_eq!(d.rule, "policy_forbids");
+        assert_eq!(d.policies, ["payments-in-business-hours"]);
+        assert!(d.to_string().contains("policy payments-in-business-hours"), "{d}");
+        assert!(d.message.contains("scope payments:write"), "{}", d.message);
+    }
+    // Other scopes at any hour.
+    allowed(&start(&e, &a, &[ACME], &["repo:read"], SAT_10));
+}
+
+#[test]
+fn a_tenant_only_on_its_own_audiences() {
+    let e = engine(&[("base.cedar", BASE), ("tenant-audiences.cedar", TENANT)]);
+    let acme = agent("acme-bot", "acme", "");
+    allowed(&start(&e, &acme, &[ACME], &["repo:read"], WED_10));
+    let d = denied(start(&e, &acme, &[ACME, GLOBEX], &["repo:read"], WED_10));
+    assert_eq!(d.policies, ["acme-only-acme-audiences"]);
+    assert!(d.message.contains(GLOBEX), "{}", d.message);
+    // Another tenant's agent is not bound by it.
+    allowed(&start(&e, &agent("globex-bot", "globex", ""), &[GLOBEX], &[], WED_10));
+}
+
+#[test]
+fn production_agents_never_get_delete() {
+    let e = engine(&[("base.cedar", BASE), ("production-no-delete.cedar", NO_DELETE)]);
+    let prod = agent("prod-bot", "", "production");
+    allowed(&start(&e, &prod, &[ACME], &["repo:read"], WED_10));
+    let d = denied(start(&e, &prod, &[ACME], &["repo:read", "repo:delete"], WED_10));
+    assert_eq!(d.policies, ["production-never-delete"]);
+    allowed(&start(&e, &agent("dev-bot", "", "staging"), &[ACME], &["repo:delete"], WED_10));
+}
+
+#[test]
+fn all_examples_together() {
+    let e = engine(&[
+        ("base.cedar", BASE),
+        ("business-hours.cedar", HOURS),
+        ("tenant-audiences.cedar", TENANT),
+        ("production-no-delete.cedar", NO_DELETE),
+    ]);
+    assert_eq!(e.ids().len(), 4);
+    let prod = agent("acme-prod", "acme", "production");
+    allowed(&start(&e, &prod, &[ACME], &["payments:write"], WED_10));
+    let d = denied(start(&e, &prod, &[ACME], &["repo:delete"], WED_10));
+    assert_eq!(d.rule, "policy_forbids");
+}
+
+#[test]
+fn approval_annotation_asks_for_a_human() {
+    let e = engine(&[
+        ("base.cedar", BASE),
+        (
+            "approval.cedar",
+            r#"@id("payments-need-approval") @approval("required")
+               permit (principal, action == Taskpass::Action::"StartTask", resource == Taskpass::Scope::"payments:write");"#,
+        ),
+    ]);
+    let a = agent("bot", "", "");
+    match start(&e, &a, &[ACME], &["payments:write"], WED_10) {
+        Decision::NeedsApproval { policies, why, .. } => {
+            assert_eq!(policies, ["payments-need-approval"]);
+            assert!(why.contains("payments-need-approval"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    allowed(&start(&e, &a, &[ACME], &["repo:read"], WED_10));
+}
+
+#[test]
+fn ids_are_given_and_must_be_unique() {
+    let e = engine(&[(
+        "deploy/policies/team.cedar",
+        "permit (principal, action, resource);\nforbid (principal, action, resource) when { principal.owner == \"x\" };",
+    )]);
+    assert_eq!(e.ids(), ["team:1", "team:2"]);
+    let dup = PolicyEngine::compile(&[
+        PolicySource::new("a.cedar", BASE),
+        PolicySource::new("b.cedar", BASE),
+    ])
+    .unwrap_err();
+    assert!(dup.to_string().contains("within-allow-lists"), "{dup}");
+}
+
+#[test]
+fn bad_sets_are_refused_whole_with_every_problem() {
+    let cases = [
+        ("syntax.cedar", "permit (principal, action resource);", "syntax.cedar"),
+        (
+            "types.cedar",
+            "permit (principal, action, resource) when { principal.owner == 1 };",
+            "types",
+        ),
+        (
+            "attr.cedar",
+            "permit (principal, action, resource) when { principal.nickname == \"x\" };",
+            "nickname",
+        ),
+        (
+            "entity.cedar",
+            "permit (principal == Taskpass::Robot::\"x\", action, resource);",
+            "Robot",
+        ),
+        (
+            "template.cedar",
+            "permit (principal == ?principal, action, resource);",
+            "templates",
+        ),
+        (
+            "approval.cedar",
+            "@approval(\"maybe\") permit (principal, action, resource);",
+            "maybe",
+        ),
+        ("id.cedar", "@id(\"has space\") permit (principal, action, resource);", "has space"),
+    ];
+    for (name, text, needle) in cases {
+        let e = PolicyEngine::compile(&[
+            PolicySource::new("base.cedar", BASE),
+            PolicySource::new(name, text),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains(needle), "{name}: {e}");
+    }
+}
+
+#[test]
+fn the_schema_is_the_contract() {
+    let s = taskpass_policy::schema_text();
+    for name in [
+        "namespace Taskpass",
+        "entity Agent",
+        "entity User",
+        "entity Audience",
+        "entity Scope",
+        "entity Tool",
+        "action StartTask",
+        "CallTool",
+        "\"purpose\": String",
+        "\"scopes\": Set<String>",
+        "\"audiences\": Set<String>",
+    ] {
+        assert!(s.contains(name), "{name}");
+    }
+}
