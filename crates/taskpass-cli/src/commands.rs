@@ -312,6 +312,7 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
         }
         Command::Operator(cmd) => operator(g, &mut admin, cmd).await?,
         Command::Validator(cmd) => validator(g, &mut admin, cmd).await?,
+        Command::Policy(cmd) => crate::policy::run(g, &mut admin, cmd).await?,
         Command::Demo | Command::Bench(_) => unreachable_command()?,
     }
     Ok(())

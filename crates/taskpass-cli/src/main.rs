@@ -8,6 +8,7 @@ mod commands;
 mod conn;
 mod demo;
 mod output;
+mod policy;
 mod soak;
 
 use std::path::PathBuf;
@@ -83,6 +84,9 @@ pub enum Command {
     /// Register validators: downstream APIs that introspect tokens and follow revocations.
     #[command(subcommand)]
     Validator(ValidatorCmd),
+    /// Cedar policies: print the schema, validate files, apply a set, show it and its history.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Run the whole story in one process: broker, OIDC issuer, agent, task, token, revocation.
     Demo,
     /// Load-test IssueToken against a broker it starts, with an echo and raw-signing baseline.
@@ -317,6 +321,33 @@ pub enum ValidatorCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Print the Taskpass Cedar schema that policies are validated against (no broker needed).
+    Schema,
+    /// Validate policy files against the schema in strict mode, as `apply` would (no broker
+    /// needed): prints the ids of their policies, or every problem and exits non-zero.
+    Validate {
+        /// Cedar files (at least one).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Validate the files and put them in force on the broker as the next version, atomically;
+    /// a set with any problem changes nothing.
+    Apply {
+        /// Cedar files (at least one); together they are the whole set.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the set in force, with its files.
+    Show,
+    /// List the recorded versions, newest first.
+    History {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AuditCmd {
     /// Print the newest entries.
     Tail {
@@ -356,6 +387,8 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo => demo::run(cli.global.output).await,
+        Command::Policy(PolicyCmd::Schema) => policy::schema(&cli.global),
+        Command::Policy(PolicyCmd::Validate { files }) => policy::validate(&cli.global, &files),
         Command::Bench(args) => bench::run(args, cli.global.output).await,
         cmd => commands::run(&cli.global, cmd).await,
     }

@@ -22,6 +22,7 @@ mod ids;
 pub mod jwt;
 mod operator;
 mod policy;
+mod policy_set;
 mod revocation;
 mod revocation_set;
 mod scope;
@@ -35,17 +36,18 @@ pub use certificate::{
     operator_holder_key,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::ParseError;
-pub use ids::{AgentId, AgentName, SpiffeId, TaskId, TokenId, TrustDomain};
-pub use operator::{Operator, Permission, Permissions, RoleName, Roles};
 pub use decision::{
     AllowListsOnly, Decision, Denial, DenialKind, Policies, PolicyAction, PolicyContext,
     PolicyQuery, PolicyResource, User, Verdict,
 };
+pub use error::ParseError;
+pub use ids::{AgentId, AgentName, SpiffeId, TaskId, TokenId, TrustDomain};
+pub use operator::{Operator, Permission, Permissions, RoleName, Roles};
 pub use policy::{
     DecisionContext, IssueGrant, IssueRequest, Limits, StartGrant, StartRequest, decide_issue,
     decide_start_task,
 };
+pub use policy_set::{PolicyFile, PolicyOrigin, PolicySetRecord};
 pub use revocation::{RevocationEvent, RevocationKind};
 pub use revocation_set::{RevocationSet, known_reason};
 pub use scope::{Audience, Purpose, Scope, ScopeSet, limits as input_limits};

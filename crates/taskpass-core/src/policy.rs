@@ -301,14 +301,12 @@ pub fn decide_issue(
     };
     match ask(ctx.policies, &q, grant.clone()) {
         // The task was approved when it started: what it was approved for is granted.
-        Decision::NeedsApproval { policies, .. } if task.approved_by.is_some() => {
-            Decision::Allow {
-                grant,
-                reasons: std::iter::once("approved".to_owned())
-                    .chain(policies.into_iter().map(|id| format!("policy:{id}")))
-                    .collect(),
-            }
-        }
+        Decision::NeedsApproval { policies, .. } if task.approved_by.is_some() => Decision::Allow {
+            grant,
+            reasons: std::iter::once("approved".to_owned())
+                .chain(policies.into_iter().map(|id| format!("policy:{id}")))
+                .collect(),
+        },
         Decision::NeedsApproval { policies, .. } => Decision::Deny(Denial {
             kind: DenialKind::PermissionDenied,
             rule: "approval_required",
@@ -520,14 +518,26 @@ mod tests {
     fn start_allow_lists() {
         let a = agent();
         let l = Limits::default();
-        let g = ok(decide_start_task(&a, &start(&["api"], &["read"], 0), &ctx(1000, &l)));
+        let g = ok(decide_start_task(
+            &a,
+            &start(&["api"], &["read"], 0),
+            &ctx(1000, &l),
+        ));
         assert_eq!(g.expires_at, 1000 + 3600);
-        let d = no(decide_start_task(&a, &start(&["evil"], &["read"], 0), &ctx(1000, &l)));
+        let d = no(decide_start_task(
+            &a,
+            &start(&["evil"], &["read"], 0),
+            &ctx(1000, &l),
+        ));
         assert_eq!(
             (d.kind, d.rule),
             (DenialKind::PermissionDenied, "audience_not_allowed")
         );
-        let d = no(decide_start_task(&a, &start(&["api"], &["root"], 0), &ctx(1000, &l)));
+        let d = no(decide_start_task(
+            &a,
+            &start(&["api"], &["root"], 0),
+            &ctx(1000, &l),
+        ));
         assert_eq!(d.rule, "scope_not_allowed");
         assert!(d.message.contains("root"));
         match decide_start_task(&a, &start(&["api"], &["admin"], 0), &ctx(1000, &l)) {
@@ -537,13 +547,25 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let d = no(decide_start_task(&a, &start(&[], &["read"], 0), &ctx(1000, &l)));
+        let d = no(decide_start_task(
+            &a,
+            &start(&[], &["read"], 0),
+            &ctx(1000, &l),
+        ));
         assert_eq!(d.kind, DenialKind::InvalidArgument);
-        let g = ok(decide_start_task(&a, &start(&["api"], &["read"], 999_999), &ctx(0, &l)));
+        let g = ok(decide_start_task(
+            &a,
+            &start(&["api"], &["read"], 999_999),
+            &ctx(0, &l),
+        ));
         assert_eq!(g.expires_at, 86400);
         let mut s = a.clone();
         s.state = AgentState::Suspended;
-        let d = no(decide_start_task(&s, &start(&["api"], &["read"], 0), &ctx(0, &l)));
+        let d = no(decide_start_task(
+            &s,
+            &start(&["api"], &["read"], 0),
+            &ctx(0, &l),
+        ));
         assert_eq!(d.kind, DenialKind::FailedPrecondition);
     }
 
@@ -551,17 +573,31 @@ mod tests {
     fn issue_rules() {
         let a = agent();
         let l = Limits::default();
-        let g = ok(decide_start_task(&a, &start(&["api"], &["read", "write"], 120), &ctx(1000, &l)));
+        let g = ok(decide_start_task(
+            &a,
+            &start(&["api"], &["read", "write"], 120),
+            &ctx(1000, &l),
+        ));
         let t = task(&a, &g);
         let ig = ok(decide_issue(&a, &t, &issue("api", &[], 0), &ctx(1000, &l)));
         assert_eq!(ig.scopes, t.scopes);
         assert_eq!(ig.expires_at, 1120, "clamped to the task deadline");
-        let ig = ok(decide_issue(&a, &t, &issue("api", &["read"], 30), &ctx(1000, &l)));
+        let ig = ok(decide_issue(
+            &a,
+            &t,
+            &issue("api", &["read"], 30),
+            &ctx(1000, &l),
+        ));
         assert_eq!(ig.expires_at, 1030);
         assert_eq!(ig.scopes.to_claim(), "read");
         let d = no(decide_issue(&a, &t, &issue("db", &[], 0), &ctx(1000, &l)));
         assert_eq!(d.rule, "audience_not_in_task");
-        let d = no(decide_issue(&a, &t, &issue("api", &["admin"], 0), &ctx(1000, &l)));
+        let d = no(decide_issue(
+            &a,
+            &t,
+            &issue("api", &["admin"], 0),
+            &ctx(1000, &l),
+        ));
         assert_eq!(d.rule, "scope_not_in_task");
         let d = no(decide_issue(&a, &t, &issue("api", &[], 0), &ctx(1120, &l)));
         assert_eq!(
@@ -570,10 +606,19 @@ mod tests {
         );
         let mut done = t.clone();
         done.state = TaskState::Completed;
-        assert!(decide_issue(&a, &done, &issue("api", &[], 0), &ctx(1000, &l)).denial().is_some());
+        assert!(
+            decide_issue(&a, &done, &issue("api", &[], 0), &ctx(1000, &l))
+                .denial()
+                .is_some()
+        );
         let mut shrunk = a.clone();
         shrunk.allow.scopes = ScopeSet::parse(&["read"]).unwrap();
-        let d = no(decide_issue(&shrunk, &t, &issue("api", &["write"], 0), &ctx(1000, &l)));
+        let d = no(decide_issue(
+            &shrunk,
+            &t,
+            &issue("api", &["write"], 0),
+            &ctx(1000, &l),
+        ));
         assert_eq!(d.rule, "scope_not_allowed");
     }
 

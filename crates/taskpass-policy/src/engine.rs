@@ -49,7 +49,7 @@ impl PolicySource {
 
 /// Why a policy set was refused: every problem found, each naming its file and policy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the policy set is invalid:\n  - {}", .0.join("\n  - "))]
+#[error("the policy set is invalid: {}", .0.join("; "))]
 pub struct PolicyError(pub Vec<String>);
 
 /// A compiled, strictly validated policy set and the schema it was validated against.
@@ -191,9 +191,7 @@ impl PolicyEngine {
 
     fn evaluate_query(&self, q: &PolicyQuery<'_>) -> Result<Verdict, String> {
         let tool_call = q.action == PolicyAction::CallTool;
-        let (entities, resources) =
-            self.types
-                .entities(q.agent, q.context.user, q.resources)?;
+        let (entities, resources) = self.types.entities(q.agent, q.context.user, q.resources)?;
         let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
         let context = self.types.context(&q.context, tool_call)?;
         let principal = self.types.agent_uid(q.agent);
@@ -216,11 +214,13 @@ impl PolicyEngine {
                 None,
             )
             .map_err(|e| e.to_string())?;
-            let response = self.authorizer.is_authorized(&request, &self.set, &entities);
+            let response = self
+                .authorizer
+                .is_authorized(&request, &self.set, &entities);
             let d = response.diagnostics();
             let mut reason: Vec<String> = d.reason().map(ToString::to_string).collect();
             reason.sort_unstable();
-            let errors: Vec<String> = d.errors().map(|e| one_line(e)).collect();
+            let errors: Vec<String> = d.errors().map(one_line).collect();
             let what = format!(
                 "{} of {} by agent {}",
                 q.action.as_str(),
@@ -312,5 +312,8 @@ fn valid_id(id: &str) -> bool {
 
 /// An error's message on one line.
 fn one_line(e: &impl fmt::Display) -> String {
-    e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }

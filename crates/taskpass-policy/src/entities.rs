@@ -82,8 +82,12 @@ impl Types {
             ("purpose".to_owned(), s(&agent.purpose)),
         ]);
         out.push(
-            Entity::new(self.agent_uid(agent), attrs, self.tenant_parent(&agent.tenant))
-                .map_err(|e| e.to_string())?,
+            Entity::new(
+                self.agent_uid(agent),
+                attrs,
+                self.tenant_parent(&agent.tenant),
+            )
+            .map_err(|e| e.to_string())?,
         );
         let mut tenants: Vec<&str> = vec![agent.tenant.as_str()];
         if let Some(u) = user {
@@ -93,7 +97,10 @@ impl Types {
         tenants.sort_unstable();
         tenants.dedup();
         for t in tenants.into_iter().filter(|t| !t.is_empty()) {
-            out.push(Entity::new_no_attrs(Self::uid(&self.tenant, t), HashSet::new()));
+            out.push(Entity::new_no_attrs(
+                Self::uid(&self.tenant, t),
+                HashSet::new(),
+            ));
         }
         let mut audiences: Vec<&Audience> = Vec::new();
         for r in resources {
@@ -156,7 +163,11 @@ impl Types {
     }
 
     /// The request's context, as the action's context type declares it.
-    pub(crate) fn context(&self, c: &PolicyContext<'_>, tool_call: bool) -> Result<Context, String> {
+    pub(crate) fn context(
+        &self,
+        c: &PolicyContext<'_>,
+        tool_call: bool,
+    ) -> Result<Context, String> {
         let strings = |v: Vec<&str>| {
             RestrictedExpression::new_set(
                 v.into_iter()
@@ -211,7 +222,10 @@ impl Types {
                 .arguments
                 .map(|v| v.to_string())
                 .unwrap_or_else(|| "{}".to_owned());
-            pairs.push(("arguments".to_owned(), RestrictedExpression::new_string(args)));
+            pairs.push((
+                "arguments".to_owned(),
+                RestrictedExpression::new_string(args),
+            ));
         }
         Context::from_pairs(pairs).map_err(|e| e.to_string())
     }

@@ -114,10 +114,20 @@ fn the_base_policy_permits_within_the_allow_lists() {
 #[test]
 fn without_a_permit_everything_is_denied() {
     let e = engine(&[("no-delete.cedar", NO_DELETE)]);
-    let d = denied(start(&e, &agent("bot", "", ""), &[ACME], &["repo:read"], WED_10));
+    let d = denied(start(
+        &e,
+        &agent("bot", "", ""),
+        &[ACME],
+        &["repo:read"],
+        WED_10,
+    ));
     assert_eq!(d.rule, "no_policy_permits");
     assert!(d.policies.is_empty());
-    assert!(d.message.contains("no policy permits StartTask"), "{}", d.message);
+    assert!(
+        d.message.contains("no policy permits StartTask"),
+        "{}",
+        d.message
+    );
 }
 
 #[test]
@@ -129,7 +139,10 @@ fn payments_only_in_business_hours() {
         let d = denied(start(&e, &a, &[ACME], &["payments:write"], when));
         assert_eq!(d.rule, "policy_forbids");
         assert_eq!(d.policies, ["payments-in-business-hours"]);
-        assert!(d.to_string().contains("policy payments-in-business-hours"), "{d}");
+        assert!(
+            d.to_string().contains("policy payments-in-business-hours"),
+            "{d}"
+        );
         assert!(d.message.contains("scope payments:write"), "{}", d.message);
     }
     // Other scopes at any hour.
@@ -145,17 +158,38 @@ fn a_tenant_only_on_its_own_audiences() {
     assert_eq!(d.policies, ["acme-only-acme-audiences"]);
     assert!(d.message.contains(GLOBEX), "{}", d.message);
     // Another tenant's agent is not bound by it.
-    allowed(&start(&e, &agent("globex-bot", "globex", ""), &[GLOBEX], &[], WED_10));
+    allowed(&start(
+        &e,
+        &agent("globex-bot", "globex", ""),
+        &[GLOBEX],
+        &[],
+        WED_10,
+    ));
 }
 
 #[test]
 fn production_agents_never_get_delete() {
-    let e = engine(&[("base.cedar", BASE), ("production-no-delete.cedar", NO_DELETE)]);
+    let e = engine(&[
+        ("base.cedar", BASE),
+        ("production-no-delete.cedar", NO_DELETE),
+    ]);
     let prod = agent("prod-bot", "", "production");
     allowed(&start(&e, &prod, &[ACME], &["repo:read"], WED_10));
-    let d = denied(start(&e, &prod, &[ACME], &["repo:read", "repo:delete"], WED_10));
+    let d = denied(start(
+        &e,
+        &prod,
+        &[ACME],
+        &["repo:read", "repo:delete"],
+        WED_10,
+    ));
     assert_eq!(d.policies, ["production-never-delete"]);
-    allowed(&start(&e, &agent("dev-bot", "", "staging"), &[ACME], &["repo:delete"], WED_10));
+    allowed(&start(
+        &e,
+        &agent("dev-bot", "", "staging"),
+        &[ACME],
+        &["repo:delete"],
+        WED_10,
+    ));
 }
 
 #[test]
@@ -212,7 +246,11 @@ fn ids_are_given_and_must_be_unique() {
 #[test]
 fn bad_sets_are_refused_whole_with_every_problem() {
     let cases = [
-        ("syntax.cedar", "permit (principal, action resource);", "syntax.cedar"),
+        (
+            "syntax.cedar",
+            "permit (principal, action resource);",
+            "syntax.cedar",
+        ),
         (
             "types.cedar",
             "permit (principal, action, resource) when { principal.owner == 1 };",
@@ -238,7 +276,11 @@ fn bad_sets_are_refused_whole_with_every_problem() {
             "@approval(\"maybe\") permit (principal, action, resource);",
             "maybe",
         ),
-        ("id.cedar", "@id(\"has space\") permit (principal, action, resource);", "has space"),
+        (
+            "id.cedar",
+            "@id(\"has space\") permit (principal, action, resource);",
+            "has space",
+        ),
     ];
     for (name, text, needle) in cases {
         let e = PolicyEngine::compile(&[

@@ -87,7 +87,15 @@ fn token_to_pb(t: &TokenRecord) -> pb::TokenInfo {
     }
 }
 
-fn limit(n: u32, default: usize) -> usize {
+/// At most 1,000 characters of `s`, for an audit detail or an error message.
+pub(crate) fn shown(s: &str) -> String {
+    match s.char_indices().nth(1000) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+pub(crate) fn limit(n: u32, default: usize) -> usize {
     match n {
         0 => default,
         n => usize::try_from(n).unwrap_or(default).min(10_000),

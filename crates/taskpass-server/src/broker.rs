@@ -8,8 +8,9 @@ use taskpass_attest::{
 };
 use taskpass_core::{
     AccessClaims, Agent, AgentState, Audience, AuditEntry, AuditOutcome, Binding, Clock,
-    Confirmation, IssueRequest, Limits, Purpose, ScopeSet, StartRequest, Task, TaskId, TaskState,
-    TokenId, TokenRecord, TrustDomain, decide_issue, decide_start_task, Decision, DecisionContext, Denial, DenialKind,
+    Confirmation, Decision, DecisionContext, Denial, DenialKind, IssueRequest, Limits, Purpose,
+    ScopeSet, StartRequest, Task, TaskId, TaskState, TokenId, TokenRecord, TrustDomain,
+    decide_issue, decide_start_task,
 };
 use taskpass_proto::v1 as pb;
 use taskpass_store::{EndTask, Store};
@@ -674,7 +675,7 @@ impl Broker {
         let ctx = DecisionContext {
             now,
             limits: &self.limits,
-            policies: &*policies,
+            policies: &*policies.engine,
         };
         let (grant, reasons) = match decide_start_task(agent, &parsed, &ctx) {
             Decision::Allow { grant, reasons } => (grant, reasons),
@@ -683,9 +684,7 @@ impl Broker {
                     kind: DenialKind::PermissionDenied,
                     rule: "approval_required",
                     policies,
-                    message: format!(
-                        "{why}, and approvals are not enabled on this broker"
-                    ),
+                    message: format!("{why}, and approvals are not enabled on this broker"),
                 };
                 return Err(self.deny(agent, action, "", d.into()).await);
             }
@@ -803,7 +802,7 @@ impl Broker {
         let ctx = DecisionContext {
             now,
             limits: &self.limits,
-            policies: &*policies,
+            policies: &*policies.engine,
         };
         let (grant, reasons) = match decide_issue(agent, task, &parsed, &ctx) {
             Decision::Allow { grant, reasons } => (grant, reasons),
@@ -843,7 +842,12 @@ impl Broker {
         let access_token = self.keys.sign(&claims)?;
         let mut a = AuditEntry::draft(now, agent.id.as_str(), action);
         a.reason = std::iter::once("task_grant")
-            .chain(reasons.iter().map(String::as_str).filter(|r| *r != "allow_lists"))
+            .chain(
+                reasons
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|r| *r != "allow_lists"),
+            )
             .collect::<Vec<_>>()
             .join(" ");
         a.agent_id = agent.id.to_string();

@@ -275,6 +275,15 @@ pub struct RoleConfig {
     pub permissions: Vec<String>,
 }
 
+/// The `[policy]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// Cedar policy files, validated against the Taskpass schema at start.
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+}
+
 /// The TOML file as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -297,6 +306,9 @@ pub struct ConfigFile {
     /// `[roles.NAME]`: custom operator roles beside admin, approver and auditor.
     #[serde(default)]
     pub roles: std::collections::BTreeMap<String, RoleConfig>,
+    /// `[policy]`.
+    #[serde(default)]
+    pub policy: PolicySection,
 }
 
 fn default_listen() -> SocketAddr {
@@ -402,6 +414,8 @@ pub struct Config {
     pub validation: ValidationSection,
     /// Operator roles: the built-in ones and `[roles.NAME]`.
     pub roles: Roles,
+    /// `[policy] files`, absolute.
+    pub policy_files: Vec<PathBuf>,
 }
 
 /// Why a configuration was refused: every problem found.
@@ -419,6 +433,7 @@ impl ConfigFile {
             limits: default_limits(),
             validation: ValidationSection::default(),
             roles: Default::default(),
+            policy: PolicySection::default(),
         }
     }
 
@@ -583,6 +598,7 @@ impl ConfigFile {
                 caps: self.limits,
                 validation: self.validation,
                 roles,
+                policy_files: self.policy.files.iter().map(|p| resolve(p)).collect(),
             }),
             _ => Err(ConfigError(problems)),
         }

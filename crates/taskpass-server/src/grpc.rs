@@ -596,6 +596,40 @@ impl pb::admin_service_server::AdminService for Services {
         .await
     }
 
+    async fn apply_policies(
+        &self,
+        req: Request<pb::ApplyPoliciesRequest>,
+    ) -> Result<Response<pb::ApplyPoliciesResponse>, Status> {
+        self.admin("ApplyPolicies", req, |op, req| async move {
+            Ok(pb::ApplyPoliciesResponse {
+                set: Some(self.broker.apply_policies(&op, req).await?),
+            })
+        })
+        .await
+    }
+
+    async fn get_policies(
+        &self,
+        req: Request<pb::GetPoliciesRequest>,
+    ) -> Result<Response<pb::GetPoliciesResponse>, Status> {
+        self.admin("GetPolicies", req, |op, _req| async move {
+            Ok(self.broker.get_policies(&op))
+        })
+        .await
+    }
+
+    async fn list_policy_sets(
+        &self,
+        req: Request<pb::ListPolicySetsRequest>,
+    ) -> Result<Response<pb::ListPolicySetsResponse>, Status> {
+        self.admin("ListPolicySets", req, |op, req| async move {
+            Ok(pb::ListPolicySetsResponse {
+                sets: self.broker.list_policy_sets(&op, req).await?,
+            })
+        })
+        .await
+    }
+
     async fn tail_audit(
         &self,
         req: Request<pb::TailAuditRequest>,

@@ -33,6 +33,9 @@ pub(crate) const ADMIN_RPCS: &[(&str, Permission)] = {
         ("AddValidator", ValidatorsWrite),
         ("ListValidators", ValidatorsRead),
         ("RevokeValidator", ValidatorsWrite),
+        ("ApplyPolicies", PoliciesWrite),
+        ("GetPolicies", PoliciesRead),
+        ("ListPolicySets", PoliciesRead),
     ]
 };
 

@@ -257,7 +257,8 @@ pub async fn serve(
             taskpass_verify::DEFAULT_REPLAY_CACHE,
         ),
         roles: config.roles.clone(),
-        policies: crate::policies::ActivePolicies::allow_lists_only(),
+        policies: crate::policies::ActivePolicies::load(&*store, &config.policy_files, clock.now())
+            .await?,
         conns: crate::broker::Connections {
             grpc: Admission::new(
                 "grpc",

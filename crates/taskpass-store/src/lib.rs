@@ -28,8 +28,8 @@ use std::fmt;
 
 use async_trait::async_trait;
 use taskpass_core::{
-    Agent, AgentId, AgentName, AgentState, AuditEntry, Binding, CertificateRecord, PrincipalKind,
-    RevocationEvent, Task, TaskId, TaskState, TokenId, TokenRecord,
+    Agent, AgentId, AgentName, AgentState, AuditEntry, Binding, CertificateRecord, PolicySetRecord,
+    PrincipalKind, RevocationEvent, Task, TaskId, TaskState, TokenId, TokenRecord,
 };
 use tokio::sync::broadcast;
 
@@ -301,4 +301,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Counts.
     async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Records `set` as the next version (its `version` is replaced by the next number) with
+    /// its audit entry, in one write; returns it as recorded.
+    async fn record_policy_set(
+        &self,
+        set: PolicySetRecord,
+        audit: AuditDraft,
+    ) -> Result<PolicySetRecord, StoreError>;
+
+    /// The recorded policy sets, newest first, at most `limit`.
+    async fn policy_sets(&self, limit: usize) -> Result<Vec<PolicySetRecord>, StoreError>;
 }

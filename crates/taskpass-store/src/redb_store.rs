@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use taskpass_core::{
     Agent, AgentId, AgentName, AgentState, AuditEntry, AuditOutcome, Binding, CertificateRecord,
-    GENESIS_HASH, PrincipalKind, RevocationEvent, RevocationKind, Task, TaskId, TaskState, TokenId,
-    TokenRecord, verify_chain,
+    GENESIS_HASH, PolicySetRecord, PrincipalKind, RevocationEvent, RevocationKind, Task, TaskId,
+    TaskState, TokenId, TokenRecord, verify_chain,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -117,6 +117,7 @@ enum Command {
     AppendAudits(Vec<AuditDraft>),
     RecordCertificate(IssueCertificate),
     RevokeCertificate(RevokeCertificate),
+    RecordPolicySet(Box<PolicySetRecord>, AuditDraft),
 }
 
 #[derive(Debug)]
@@ -129,6 +130,7 @@ enum Outcome {
     RevokedToken(TokenRecord, RevocationEvent),
     Certificate(CertificateRecord),
     RevokedCertificate(CertificateRecord, RevocationEvent),
+    PolicySet(Box<PolicySetRecord>),
     Done,
 }
 
@@ -297,6 +299,7 @@ fn init_schema(db: &Database) -> Result<Heads, StoreError> {
         txn.open_table(CERTIFICATES)?;
         txn.open_table(CERTIFICATES_BY_HOLDER)?;
         txn.open_table(STATUS_INDEX)?;
+        txn.open_table(POLICY_SETS)?;
     }
     let heads = {
         let audit = txn.open_table(AUDIT)?;
@@ -442,6 +445,7 @@ struct Tables<'t> {
     certificates: Table<'t, &'static str, &'static [u8]>,
     certificates_by_holder: Table<'t, (&'static str, &'static str), ()>,
     status_index: Table<'t, u64, &'static str>,
+    policy_sets: Table<'t, u64, &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -459,6 +463,7 @@ impl<'t> Tables<'t> {
             certificates: txn.open_table(CERTIFICATES)?,
             certificates_by_holder: txn.open_table(CERTIFICATES_BY_HOLDER)?,
             status_index: txn.open_table(STATUS_INDEX)?,
+            policy_sets: txn.open_table(POLICY_SETS)?,
         })
     }
 }
@@ -599,6 +604,7 @@ fn audit_draft(cmd: &Command) -> Option<&AuditDraft> {
         Command::ChangeAgentState(c) => Some(&c.audit),
         Command::RecordCertificate(c) => Some(&c.audit),
         Command::RevokeCertificate(c) => Some(&c.audit),
+        Command::RecordPolicySet(_, a) => Some(a),
         Command::EndTask(e) => Some(&e.audit),
         Command::ExpireTasks(_) => None,
     }
@@ -1030,6 +1036,17 @@ fn apply(
                 append_audit(t, heads, a.clone())?;
             }
             Ok(Outcome::Done)
+        }
+        Command::RecordPolicySet(set, audit) => {
+            let last = t.policy_sets.last()?.map(|(k, _)| k.value()).unwrap_or(0);
+            let mut set = (**set).clone();
+            set.version = last + 1;
+            t.policy_sets
+                .insert(set.version, encode("policy set", &set)?.as_slice())?;
+            let mut audit = audit.clone();
+            audit.detail = format!("version={} {}", set.version, audit.detail);
+            append_audit(t, heads, audit)?;
+            Ok(Outcome::PolicySet(Box::new(set)))
         }
         Command::RecordCertificate(c) => {
             if t.certificates.get(c.record.serial.as_str())?.is_some() {
@@ -1592,6 +1609,28 @@ impl Store for RedbStore {
                 out.push(decode("audit", v.value())?);
             }
             out.reverse();
+            Ok(out)
+        })
+    }
+
+    async fn record_policy_set(
+        &self,
+        set: PolicySetRecord,
+        audit: AuditDraft,
+    ) -> Result<PolicySetRecord, StoreError> {
+        expect_outcome!(
+            self.submit(Command::RecordPolicySet(Box::new(set), audit)).await,
+            Outcome::PolicySet(s) => *s
+        )
+    }
+
+    async fn policy_sets(&self, limit: usize) -> Result<Vec<PolicySetRecord>, StoreError> {
+        self.read(|txn| {
+            let mut out = Vec::new();
+            for row in txn.open_table(POLICY_SETS)?.iter()?.rev().take(limit) {
+                let (_, v) = row?;
+                out.push(decode("policy set", v.value())?);
+            }
             Ok(out)
         })
     }

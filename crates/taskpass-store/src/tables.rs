@@ -41,6 +41,8 @@ pub(crate) const CERTIFICATES_BY_HOLDER: TableDefinition<(&str, &str), ()> =
 pub(crate) const STATUS_INDEX: TableDefinition<u64, &str> = TableDefinition::new("status_index");
 
 pub(crate) const REVOCATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("revocations");
+/// Version → PolicySetRecord: every policy set put in force, the newest in force now.
+pub(crate) const POLICY_SETS: TableDefinition<u64, &[u8]> = TableDefinition::new("policy_sets");
 /// Sequence → AuditEntry.
 pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 

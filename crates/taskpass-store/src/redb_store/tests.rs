@@ -488,3 +488,58 @@ async fn a_task_and_its_token_are_written_whole_or_not_at_all() {
     let after = store.stats().await.unwrap();
     assert_eq!((before.tasks, before.tokens), (after.tasks, after.tokens));
 }
+
+#[tokio::test]
+async fn policy_sets_are_versioned_and_durable() {
+    use taskpass_core::{PolicyFile, PolicyOrigin, PolicySetRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let set = |text: &str| {
+        let files = vec![PolicyFile {
+            name: "a.cedar".into(),
+            text: text.into(),
+        }];
+        PolicySetRecord {
+            version: 0,
+            digest: PolicySetRecord::digest_of(&files),
+            files,
+            policy_ids: vec!["a:1".into()],
+            applied_at: 5,
+            applied_by: "op".into(),
+            origin: PolicyOrigin::Apply,
+        }
+    };
+    {
+        let s = RedbStore::open(&path, StoreOptions::default()).unwrap();
+        assert!(s.policy_sets(10).await.unwrap().is_empty());
+        let one = s
+            .record_policy_set(
+                set("permit (principal, action, resource);"),
+                draft("policy.apply"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(one.version, 1);
+        let two = s
+            .record_policy_set(set("// none"), draft("policy.apply"))
+            .await
+            .unwrap();
+        assert_eq!(two.version, 2);
+        let tail = s.audit_tail(1).await.unwrap();
+        assert!(tail[0].detail.starts_with("version=2"), "{:?}", tail[0]);
+    }
+    // The writer thread of the first handle lets go of the file before the second opens it.
+    let s = loop {
+        match RedbStore::open(&path, StoreOptions::default()) {
+            Ok(s) => break s,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    };
+    let all = s.policy_sets(10).await.unwrap();
+    assert_eq!(all.iter().map(|p| p.version).collect::<Vec<_>>(), [2, 1]);
+    assert_eq!(
+        all[1].files[0].text,
+        "permit (principal, action, resource);"
+    );
+    assert_eq!(s.policy_sets(1).await.unwrap().len(), 1);
+}

@@ -64,7 +64,8 @@ impl Command {
             | Command::ExpireTasks(_)
             | Command::RevokeToken { .. }
             | Command::RecordCertificate(_)
-            | Command::RevokeCertificate(_) => Lane::Priority,
+            | Command::RevokeCertificate(_)
+            | Command::RecordPolicySet(..) => Lane::Priority,
         }
     }
 }
