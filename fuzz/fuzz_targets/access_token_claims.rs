@@ -214,7 +214,10 @@ fuzz_target!(|input: Input| {
     }
     // One profile: what one reads, the other reads the same way.
     if by_verifier.is_ok() {
-        assert!(by_ring.is_ok(), "Verifier accepted what KeyRing refused: {by_ring:?}");
+        assert!(
+            by_ring.is_ok(),
+            "Verifier accepted what KeyRing refused: {by_ring:?}"
+        );
     }
     if let Ok(c) = &by_ring {
         let fits = c.iss == ISSUER

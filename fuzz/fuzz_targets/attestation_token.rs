@@ -8,8 +8,12 @@ use libfuzzer_sys::fuzz_target;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use taskpass_attest::{OidcIssuerConfig, OidcOptions, OidcVerifier};
 
-static RT: LazyLock<tokio::runtime::Runtime> =
-    LazyLock::new(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap());
+static RT: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+});
 
 static VERIFIER: LazyLock<Arc<OidcVerifier>> = LazyLock::new(|| {
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
@@ -25,11 +29,17 @@ static VERIFIER: LazyLock<Arc<OidcVerifier>> = LazyLock::new(|| {
         jwks_file: Some(path),
         ca_file: None,
     };
-    RT.block_on(OidcVerifier::new(vec![config], OidcOptions::default(), Arc::new(taskpass_core::SystemClock)))
-        .unwrap()
+    RT.block_on(OidcVerifier::new(
+        vec![config],
+        OidcOptions::default(),
+        Arc::new(taskpass_core::SystemClock),
+    ))
+    .unwrap()
 });
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(token) = std::str::from_utf8(data) else { return };
+    let Ok(token) = std::str::from_utf8(data) else {
+        return;
+    };
     assert!(RT.block_on(VERIFIER.verify(token)).is_err());
 });

@@ -5,7 +5,9 @@ use libfuzzer_sys::fuzz_target;
 use taskpass_core::{AgentName, Audience, Purpose, Scope, ScopeSet, TaskId, TokenId, TrustDomain};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(n) = AgentName::parse(s) {
         assert_eq!(n.as_str(), s);
     }

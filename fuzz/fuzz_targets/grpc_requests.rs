@@ -9,9 +9,9 @@
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use taskpass_core::{
-    Agent, AgentName, AgentState, AllowList, Audience, IssueRequest, Limits, Binding, Purpose,
-    ScopeSet, StartRequest, Task, TaskId, TaskState, TrustDomain, decide_issue, decide_start_task,
-    input_limits,
+    Agent, AgentName, AgentState, AllowList, AllowListsOnly, Audience, Binding, Decision,
+    DecisionContext, IssueRequest, Limits, Purpose, ScopeSet, StartRequest, Task, TaskId,
+    TaskState, TrustDomain, decide_issue, decide_start_task, input_limits,
 };
 use taskpass_proto::v1 as pb;
 
@@ -138,8 +138,16 @@ fn start_task(agent: &Agent, req: &pb::StartTaskRequest, limits: &Limits) -> Opt
         scopes: scopes(&req.scopes)?,
         max_duration_seconds: req.max_duration_seconds,
         on_behalf_of_requested: !req.subject_token.is_empty(),
+        user: None,
     };
-    let grant = decide_start_task(agent, &parsed, NOW, limits).ok()?;
+    let ctx = DecisionContext {
+        now: NOW,
+        limits,
+        policies: &AllowListsOnly,
+    };
+    let Decision::Allow { grant, .. } = decide_start_task(agent, &parsed, &ctx) else {
+        return None;
+    };
     assert!(!grant.audiences.is_empty());
     assert!(grant.audiences.iter().all(|a| agent.may_use_audience(a)));
     assert!(grant.scopes.is_subset(&agent.allow.scopes));
@@ -163,6 +171,7 @@ fn start_task(agent: &Agent, req: &pb::StartTaskRequest, limits: &Limits) -> Opt
         ended_at: None,
         on_behalf_of: None,
         approval_id: None,
+        approved_by: None,
         implicit: false,
     })
 }
@@ -181,8 +190,14 @@ fn issue_token(agent: &Agent, task: &Task, req: &pb::IssueTokenRequest, limits: 
         audience,
         scopes,
         ttl_seconds: req.ttl_seconds,
+        user: None,
     };
-    let Ok(grant) = decide_issue(agent, task, &parsed, NOW, limits) else {
+    let ctx = DecisionContext {
+        now: NOW,
+        limits,
+        policies: &AllowListsOnly,
+    };
+    let Decision::Allow { grant, .. } = decide_issue(agent, task, &parsed, &ctx) else {
         return;
     };
     assert!(task.audiences.contains(&grant.audience));
@@ -232,6 +247,7 @@ fuzz_target!(|data: &[u8]| {
             ended_at: None,
             on_behalf_of: None,
             approval_id: None,
+            approved_by: None,
             implicit: false,
         };
         tasks.push((&known, open));
