@@ -172,6 +172,7 @@ fn start_task(agent: &Agent, req: &pb::StartTaskRequest, limits: &Limits) -> Opt
         on_behalf_of: None,
         approval_id: None,
         approved_by: None,
+        approval: None,
         implicit: false,
     })
 }
@@ -248,6 +249,7 @@ fuzz_target!(|data: &[u8]| {
             on_behalf_of: None,
             approval_id: None,
             approved_by: None,
+            approval: None,
             implicit: false,
         };
         tasks.push((&known, open));

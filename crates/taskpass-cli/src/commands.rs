@@ -6,8 +6,8 @@ use taskpass_proto::v1 as pb;
 
 use crate::output as out;
 use crate::{
-    AgentCmd, AuditCmd, CertCmd, Command, Global, OperatorCmd, Output, TaskCmd, TokenCmd,
-    ValidatorCmd,
+    AgentCmd, ApprovalCmd, AuditCmd, CertCmd, Command, Global, OperatorCmd, Output, TaskCmd,
+    TokenCmd, ValidatorCmd,
 };
 
 fn emit(g: &Global, json: serde_json::Value, text: impl FnOnce() -> String) {
@@ -48,6 +48,7 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
             tenant,
             environment,
             review_days,
+            approval_scopes,
         }) => {
             let agent = pb::Agent {
                 name,
@@ -64,6 +65,7 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
                 scopes,
                 max_ttl_seconds: max_ttl.unwrap_or(0),
                 review_every_days: review_days,
+                approval_scopes,
                 ..Default::default()
             };
             let a = admin
@@ -90,6 +92,8 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
             tenant,
             environment,
             review_days,
+            approval_scopes,
+            no_approval_scopes,
         }) => {
             let list = |v: Vec<String>| (!v.is_empty()).then_some(pb::StringList { values: v });
             let oidc = if no_oidc || !oidc.is_empty() {
@@ -118,7 +122,11 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
                     review_every_days: review_days,
                     audiences: list(audiences),
                     scopes: list(scopes),
-                    approval_scopes: None,
+                    approval_scopes: if no_approval_scopes {
+                        Some(pb::StringList { values: vec![] })
+                    } else {
+                        list(approval_scopes)
+                    },
                     oidc,
                     x509,
                 })
@@ -313,8 +321,61 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
         Command::Operator(cmd) => operator(g, &mut admin, cmd).await?,
         Command::Validator(cmd) => validator(g, &mut admin, cmd).await?,
         Command::Policy(cmd) => crate::policy::run(g, &mut admin, cmd).await?,
+        Command::Approval(cmd) => approval(g, &mut admin, cmd).await?,
         Command::Demo | Command::Bench(_) => unreachable_command()?,
     }
+    Ok(())
+}
+
+async fn approval(
+    g: &Global,
+    admin: &mut pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+    cmd: ApprovalCmd,
+) -> anyhow::Result<()> {
+    let (id, approve, reason) = match cmd {
+        ApprovalCmd::List { limit } => {
+            let list = admin
+                .list_approvals(pb::ListApprovalsRequest { limit })
+                .await?
+                .into_inner()
+                .approvals;
+            emit(
+                g,
+                serde_json::Value::Array(list.iter().map(out::approval).collect()),
+                || {
+                    if list.is_empty() {
+                        "no task waits for approval".into()
+                    } else {
+                        list.iter()
+                            .map(out::approval_line)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    }
+                },
+            );
+            return Ok(());
+        }
+        ApprovalCmd::Approve { id, reason } => (id, true, reason),
+        ApprovalCmd::Deny { id, reason } => (id, false, reason),
+    };
+    let t = admin
+        .decide_approval(pb::DecideApprovalRequest {
+            approval_id: id.clone(),
+            approve,
+            reason,
+        })
+        .await?
+        .into_inner()
+        .task
+        .unwrap_or_default();
+    emit(g, out::task(&t), || {
+        format!(
+            "{} {id}: task {} is {}",
+            if approve { "approved" } else { "denied" },
+            t.task_id,
+            out::task_state(t.state)
+        )
+    });
     Ok(())
 }
 

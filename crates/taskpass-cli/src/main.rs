@@ -84,6 +84,9 @@ pub enum Command {
     /// Register validators: downstream APIs that introspect tokens and follow revocations.
     #[command(subcommand)]
     Validator(ValidatorCmd),
+    /// Tasks waiting for a human's approval: list them, approve or deny one.
+    #[command(subcommand)]
+    Approval(ApprovalCmd),
     /// Cedar policies: print the schema, validate files, apply a set, show it and its history.
     #[command(subcommand)]
     Policy(PolicyCmd),
@@ -133,6 +136,10 @@ pub enum AgentCmd {
         /// Review cadence in days.
         #[arg(long, default_value_t = 90)]
         review_days: u32,
+        /// A scope that needs a human's approval before a task gets it (repeatable): such a
+        /// task waits as pending_approval until `taskpass approval approve`.
+        #[arg(long = "approval-scope", value_name = "SCOPE")]
+        approval_scopes: Vec<String>,
     },
     /// Change an agent: each flag given replaces that field (a repeatable flag replaces the
     /// whole list); the rest stays. Audited with every change, before and after.
@@ -170,6 +177,12 @@ pub enum AgentCmd {
         /// Review cadence in days.
         #[arg(long)]
         review_days: Option<u32>,
+        /// Replaces the scopes that need a human's approval (repeatable).
+        #[arg(long = "approval-scope", value_name = "SCOPE")]
+        approval_scopes: Vec<String>,
+        /// Removes every approval scope.
+        #[arg(long, conflicts_with = "approval_scopes")]
+        no_approval_scopes: bool,
     },
     /// List agents.
     List,
@@ -316,6 +329,31 @@ pub enum ValidatorCmd {
     Revoke {
         name: String,
         #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalCmd {
+    /// The tasks waiting for approval, oldest first, with what they ask for and why.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Approve: the task opens and its tokens carry approved_by. Needs approvals:decide, and
+    /// you may not own the agent.
+    Approve {
+        /// The approval id (appr_…).
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Deny: the task ends denied.
+    Deny {
+        /// The approval id (appr_…).
+        id: String,
+        /// Why, for the agent's owner (required).
+        #[arg(long)]
         reason: String,
     },
 }

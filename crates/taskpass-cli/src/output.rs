@@ -115,7 +115,33 @@ pub fn task(t: &pb::Task) -> Value {
         "purpose": t.purpose, "audiences": t.audiences, "scopes": t.scopes,
         "created_at": t.created_at, "expires_at": t.expires_at,
         "on_behalf_of": t.on_behalf_of, "approval_id": t.approval_id,
+        "approved_by": t.approved_by, "approval_why": t.approval_why,
     })
+}
+
+pub fn approval(a: &pb::Approval) -> Value {
+    json!({
+        "approval_id": a.approval_id, "task_id": a.task_id, "agent_id": a.agent_id,
+        "agent_name": a.agent_name, "owner": a.owner, "purpose": a.purpose,
+        "audiences": a.audiences, "scopes": a.scopes, "why": a.why, "policy_ids": a.policy_ids,
+        "requested_at": a.requested_at, "expires_at": a.expires_at, "task_seconds": a.task_seconds,
+    })
+}
+
+/// One line per approval, for people.
+pub fn approval_line(a: &pb::Approval) -> String {
+    format!(
+        "{} agent {} (owner {}) task {} purpose {:?} audiences {} scopes {} until {}: {}",
+        safe(&a.approval_id),
+        safe(&a.agent_name),
+        safe(&a.owner),
+        safe(&a.task_id),
+        safe(&a.purpose),
+        joined(&a.audiences),
+        joined(&a.scopes),
+        a.expires_at,
+        safe(&a.why)
+    )
 }
 
 pub fn token(t: &pb::TokenInfo) -> Value {

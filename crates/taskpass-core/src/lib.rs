@@ -51,7 +51,7 @@ pub use policy_set::{PolicyFile, PolicyOrigin, PolicySetRecord};
 pub use revocation::{RevocationEvent, RevocationKind};
 pub use revocation_set::{RevocationSet, known_reason};
 pub use scope::{Audience, Purpose, Scope, ScopeSet, limits as input_limits};
-pub use task::{Task, TaskState};
+pub use task::{Approval, Task, TaskState};
 pub use token::{
     AccessClaims, Actor, Confirmation, STATUS_LIST_SIZE, StatusListRef, TokenRecord, TokenStatus,
     certificate_thumbprint, is_thumbprint, sha256_b64url,

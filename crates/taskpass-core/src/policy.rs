@@ -330,6 +330,16 @@ fn issue_allow_lists(
     let (now, limits) = (ctx.now, ctx.limits);
     require_active(agent)?;
     let state = task.effective_state(now);
+    if state == TaskState::PendingApproval {
+        return Err(Denial::new(
+            DenialKind::FailedPrecondition,
+            "task_pending_approval",
+            format!(
+                "task {} waits for a human's approval: wait for it with GetTask or WatchTask, then ask again",
+                task.id
+            ),
+        ));
+    }
     if state != TaskState::Open {
         return Err(Denial::new(
             DenialKind::FailedPrecondition,
@@ -479,6 +489,7 @@ mod tests {
             on_behalf_of: None,
             approval_id: None,
             approved_by: None,
+            approval: None,
             implicit: false,
         }
     }

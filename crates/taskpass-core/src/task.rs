@@ -72,6 +72,9 @@ pub struct Task {
     /// The approver who approved it, when it needed approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<String>,
+    /// The approval it waited for (or waits for), when it needed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
     /// Opened by the OAuth token endpoint for one grant without a `task_id`: it holds that
     /// one token (its deadline is the token's expiry) and takes no other.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -82,10 +85,49 @@ impl Task {
     /// The state as seen at `now`: an open task past its deadline is expired even before the
     /// sweeper has recorded it.
     pub fn effective_state(&self, now: i64) -> TaskState {
-        if self.state == TaskState::Open && now >= self.expires_at {
-            TaskState::Expired
-        } else {
-            self.state
+        match self.state {
+            TaskState::Open if now >= self.expires_at => TaskState::Expired,
+            // While pending, the deadline is the approval's: unanswered, it is denied.
+            TaskState::PendingApproval if now >= self.expires_at => TaskState::Denied,
+            s => s,
         }
+    }
+}
+
+/// A task's request for a human's approval, and its answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Its id, `appr_<ULID>`: what approvers name.
+    pub id: String,
+    /// Why approval is needed (the approval scopes, or the policies asking for it).
+    pub why: String,
+    /// The ids of the policies that asked for it (empty when the agent's approval scopes did).
+    pub policies: Vec<String>,
+    /// When it was asked for, Unix seconds.
+    pub requested_at: i64,
+    /// How long the task runs once approved, seconds.
+    pub task_seconds: u32,
+    /// The operator who decided, once decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    /// When, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<i64>,
+    /// The approver's reason (required to deny), or `approval_expired`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+impl Approval {
+    /// True for a well-formed approval id: `appr_` and a canonical ULID.
+    pub fn is_id(s: &str) -> bool {
+        s.strip_prefix("appr_").is_some_and(|u| {
+            u.len() == 26 && ulid::Ulid::from_string(u).is_ok_and(|v| v.to_string() == u)
+        })
+    }
+
+    /// A new approval id.
+    pub fn new_id(ulid: ulid::Ulid) -> String {
+        format!("appr_{ulid}")
     }
 }

@@ -200,6 +200,9 @@ pub struct AccessClaims {
     /// Where its status is published (draft-ietf-oauth-status-list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<TokenStatus>,
+    /// The approver, when its task needed a human's approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
 }
 
 impl AccessClaims {
@@ -224,6 +227,7 @@ impl AccessClaims {
             act,
             cnf: None,
             status: None,
+            approved_by: None,
         }
     }
 

@@ -67,6 +67,10 @@ pub struct Broker {
     pub(crate) roles: taskpass_core::Roles,
     /// The policy set in force (replaced whole, atomically, by `policy apply`).
     pub(crate) policies: crate::policies::ActivePolicies,
+    /// How long a task waits for an approval before it is denied, seconds.
+    pub(crate) approval_timeout: u32,
+    /// Task ids whose task just changed: WatchTask streams wake on them.
+    pub(crate) task_changes: tokio::sync::broadcast::Sender<TaskId>,
 }
 
 /// The caps on what clients hold open.
@@ -133,7 +137,7 @@ impl WatchSlots {
         if self.live.fetch_add(1, Ordering::AcqRel) >= self.total {
             self.live.fetch_sub(1, Ordering::AcqRel);
             return refuse(format!(
-                "the broker serves at most {} revocation streams (limits.watch_subscribers): retry later",
+                "the broker serves at most {} watch streams (WatchRevocations and WatchTask) (limits.watch_subscribers): retry later",
                 self.total
             ));
         }
@@ -143,7 +147,7 @@ impl WatchSlots {
             c.watches.fetch_sub(1, Ordering::AcqRel);
             self.live.fetch_sub(1, Ordering::AcqRel);
             return refuse(format!(
-                "at most {} revocation streams per connection (limits.watch_subscribers_per_connection): one stream is enough for a validator",
+                "at most {} watch streams per connection (limits.watch_subscribers_per_connection)",
                 self.per_connection
             ));
         }
@@ -155,7 +159,7 @@ impl WatchSlots {
                 c.watches.fetch_sub(1, Ordering::AcqRel);
                 self.live.fetch_sub(1, Ordering::AcqRel);
                 return refuse(format!(
-                    "at most {} revocation streams from one client address (limits.watch_subscribers_per_address)",
+                    "at most {} watch streams from one client address (limits.watch_subscribers_per_address)",
                     self.per_address
                 ));
             }
@@ -272,6 +276,15 @@ fn input_rule(e: &ApiError) -> &'static str {
     }
 }
 
+/// Whether a decision that asks for approval may open a task that waits for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pending {
+    /// StartTask and POST /v1/tasks: the agent can wait.
+    Allowed,
+    /// The token endpoint's implicit tasks: refused.
+    Refused,
+}
+
 pub(crate) fn task_to_pb(t: &Task, now: i64) -> pb::Task {
     let state = match t.effective_state(now) {
         TaskState::Open => pb::TaskState::Open,
@@ -294,6 +307,12 @@ pub(crate) fn task_to_pb(t: &Task, now: i64) -> pb::Task {
         on_behalf_of: t.on_behalf_of.clone().unwrap_or_default(),
         approval_id: t.approval_id.clone().unwrap_or_default(),
         implicit: t.implicit,
+        approved_by: t.approved_by.clone().unwrap_or_default(),
+        approval_why: t
+            .approval
+            .as_ref()
+            .map(|a| a.why.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -657,18 +676,22 @@ impl Broker {
             Ok(p) => p,
             Err(e) => return Err(self.refuse(&agent, "start_task", input_rule(&e), "", e)),
         };
-        let (task, audit) = self.open_task(&agent, parsed, "start_task").await?;
+        let (task, audit) = self
+            .open_task(&agent, parsed, "start_task", Pending::Allowed)
+            .await?;
         let task = self.store.create_task(task, audit).await?;
         Ok(task_to_pb(&task, self.now()))
     }
 
-    /// A new task for `agent` and its audit entry, decided but not yet recorded. A denial is
-    /// audited under `action`.
+    /// A new task for `agent` and its audit entry, decided but not yet recorded: open, or
+    /// waiting for a human's approval when the decision asks for one and `pending` allows it.
+    /// A denial is audited under `action`.
     pub(crate) async fn open_task(
         &self,
         agent: &Agent,
         parsed: StartRequest,
         action: &'static str,
+        pending: Pending,
     ) -> Result<(Task, AuditEntry), ApiError> {
         let now = self.now();
         let policies = self.policies.current();
@@ -677,16 +700,40 @@ impl Broker {
             limits: &self.limits,
             policies: &*policies.engine,
         };
+        let mut approval = None;
         let (grant, reasons) = match decide_start_task(agent, &parsed, &ctx) {
             Decision::Allow { grant, reasons } => (grant, reasons),
-            Decision::NeedsApproval { why, policies, .. } => {
+            Decision::NeedsApproval { why, policies, .. } if pending == Pending::Refused => {
                 let d = Denial {
                     kind: DenialKind::PermissionDenied,
                     rule: "approval_required",
                     policies,
-                    message: format!("{why}, and approvals are not enabled on this broker"),
+                    message: format!(
+                        "{why}; this endpoint cannot wait for an approval: start the task with StartTask or POST /v1/tasks, have it approved, then ask for tokens within it"
+                    ),
                 };
                 return Err(self.deny(agent, action, "", d.into()).await);
+            }
+            Decision::NeedsApproval {
+                grant,
+                why,
+                policies,
+            } => {
+                let reasons = std::iter::once("approval_required".to_owned())
+                    .chain(policies.iter().map(|p| format!("policy:{p}")))
+                    .collect();
+                approval = Some(taskpass_core::Approval {
+                    id: taskpass_core::Approval::new_id(ulid::Ulid::new()),
+                    why,
+                    policies,
+                    requested_at: now,
+                    task_seconds: u32::try_from(grant.expires_at.saturating_sub(now))
+                        .unwrap_or(u32::MAX),
+                    decided_by: None,
+                    decided_at: None,
+                    reason: String::new(),
+                });
+                (grant, reasons)
             }
             Decision::Deny(d) => {
                 let rule = d.rule;
@@ -698,16 +745,27 @@ impl Broker {
         let task = Task {
             id: TaskId::from_ulid(ulid::Ulid::new()),
             agent: agent.id.clone(),
-            state: TaskState::Open,
+            state: if approval.is_some() {
+                TaskState::PendingApproval
+            } else {
+                TaskState::Open
+            },
             purpose: parsed.purpose,
             audiences: grant.audiences,
             scopes: grant.scopes,
             created_at: now,
-            expires_at: grant.expires_at,
+            // While pending, the deadline is the approval's; approved, the task runs its
+            // granted duration from then.
+            expires_at: if approval.is_some() {
+                now.saturating_add(i64::from(self.approval_timeout))
+            } else {
+                grant.expires_at
+            },
             ended_at: None,
             on_behalf_of: None,
-            approval_id: None,
+            approval_id: approval.as_ref().map(|a| a.id.clone()),
             approved_by: None,
+            approval,
             implicit: false,
         };
         tracing::Span::current().record("task_id", task.id.to_string());
@@ -839,6 +897,7 @@ impl Broker {
         let bound_to_key = matches!(cnf, Some(Confirmation::Key(_)));
         claims.cnf = cnf;
         claims.status = Some(status);
+        claims.approved_by.clone_from(&task.approved_by);
         let access_token = self.keys.sign(&claims)?;
         let mut a = AuditEntry::draft(now, agent.id.as_str(), action);
         a.reason = std::iter::once("task_grant")

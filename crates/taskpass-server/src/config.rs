@@ -284,6 +284,23 @@ pub struct PolicySection {
     pub files: Vec<PathBuf>,
 }
 
+/// The `[approval]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalSection {
+    /// How long a task waits for a human's approval before it is denied, seconds (1 to
+    /// 86400, default 900).
+    pub timeout_seconds: u32,
+}
+
+impl Default for ApprovalSection {
+    fn default() -> Self {
+        Self {
+            timeout_seconds: 900,
+        }
+    }
+}
+
 /// The TOML file as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -309,6 +326,9 @@ pub struct ConfigFile {
     /// `[policy]`.
     #[serde(default)]
     pub policy: PolicySection,
+    /// `[approval]`.
+    #[serde(default)]
+    pub approval: ApprovalSection,
 }
 
 fn default_listen() -> SocketAddr {
@@ -416,6 +436,8 @@ pub struct Config {
     pub roles: Roles,
     /// `[policy] files`, absolute.
     pub policy_files: Vec<PathBuf>,
+    /// `[approval] timeout_seconds`.
+    pub approval_timeout_seconds: u32,
 }
 
 /// Why a configuration was refused: every problem found.
@@ -434,6 +456,7 @@ impl ConfigFile {
             validation: ValidationSection::default(),
             roles: Default::default(),
             policy: PolicySection::default(),
+            approval: ApprovalSection::default(),
         }
     }
 
@@ -490,6 +513,9 @@ impl ConfigFile {
             }
         }
         problems.extend(self.limits.problems());
+        if !(1..=86_400).contains(&self.approval.timeout_seconds) {
+            problems.push("approval.timeout_seconds must be 1 to 86400".into());
+        }
         if !(1..=60).contains(&self.validation.status_list_ttl_seconds) {
             problems.push("validation.status_list_ttl_seconds must be 1 to 60".into());
         }
@@ -599,6 +625,7 @@ impl ConfigFile {
                 validation: self.validation,
                 roles,
                 policy_files: self.policy.files.iter().map(|p| resolve(p)).collect(),
+                approval_timeout_seconds: self.approval.timeout_seconds,
             }),
             _ => Err(ConfigError(problems)),
         }

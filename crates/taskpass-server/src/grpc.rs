@@ -154,6 +154,24 @@ impl pb::agent_service_server::AgentService for Services {
         .await
     }
 
+    type WatchTaskStream = TaskStream;
+
+    async fn watch_task(
+        &self,
+        req: Request<pb::WatchTaskRequest>,
+    ) -> Result<Response<TaskStream>, Status> {
+        let caller = Self::caller(&req);
+        let broker = Arc::clone(&self.broker);
+        self.run("WatchTask", async move {
+            let watch = broker.watch_task(&caller, req.into_inner()).await?;
+            let stream = futures::stream::unfold(watch, |mut w| async move {
+                w.next().await.map(|item| (item.map_err(Status::from), w))
+            });
+            Ok(Box::pin(stream) as TaskStream)
+        })
+        .await
+    }
+
     async fn renew_certificate(
         &self,
         req: Request<pb::RenewCertificateRequest>,
@@ -168,6 +186,7 @@ impl pb::agent_service_server::AgentService for Services {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RevocationEvent, Status>> + Send>>;
+type TaskStream = Pin<Box<dyn Stream<Item = Result<pb::Task, Status>> + Send>>;
 
 fn event_to_pb(e: &RevocationEvent) -> pb::RevocationEvent {
     let kind = match e.kind {
@@ -625,6 +644,30 @@ impl pb::admin_service_server::AdminService for Services {
         self.admin("ListPolicySets", req, |op, req| async move {
             Ok(pb::ListPolicySetsResponse {
                 sets: self.broker.list_policy_sets(&op, req).await?,
+            })
+        })
+        .await
+    }
+
+    async fn list_approvals(
+        &self,
+        req: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        self.admin("ListApprovals", req, |op, req| async move {
+            Ok(pb::ListApprovalsResponse {
+                approvals: self.broker.list_approvals(&op, req).await?,
+            })
+        })
+        .await
+    }
+
+    async fn decide_approval(
+        &self,
+        req: Request<pb::DecideApprovalRequest>,
+    ) -> Result<Response<pb::DecideApprovalResponse>, Status> {
+        self.admin("DecideApproval", req, |op, req| async move {
+            Ok(pb::DecideApprovalResponse {
+                task: Some(self.broker.decide_approval(&op, req).await?),
             })
         })
         .await

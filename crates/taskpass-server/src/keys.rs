@@ -224,6 +224,7 @@ mod tests {
             act: None,
             cnf: None,
             status: None,
+            approved_by: None,
         }
     }
 

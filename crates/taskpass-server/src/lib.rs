@@ -14,6 +14,7 @@
 
 mod admin;
 mod agent_http;
+mod approvals;
 mod broker;
 mod certificates;
 mod config;

@@ -36,6 +36,8 @@ pub(crate) const ADMIN_RPCS: &[(&str, Permission)] = {
         ("ApplyPolicies", PoliciesWrite),
         ("GetPolicies", PoliciesRead),
         ("ListPolicySets", PoliciesRead),
+        ("ListApprovals", ApprovalsRead),
+        ("DecideApproval", ApprovalsDecide),
     ]
 };
 

@@ -257,6 +257,8 @@ pub async fn serve(
             taskpass_verify::DEFAULT_REPLAY_CACHE,
         ),
         roles: config.roles.clone(),
+        approval_timeout: config.approval_timeout_seconds,
+        task_changes: tokio::sync::broadcast::channel(1024).0,
         policies: crate::policies::ActivePolicies::load(&*store, &config.policy_files, clock.now())
             .await?,
         conns: crate::broker::Connections {

@@ -58,6 +58,23 @@ pub struct EndTask {
     pub audit: AuditDraft,
 }
 
+/// A human's answer to a task waiting for approval.
+#[derive(Debug, Clone)]
+pub struct DecideApproval {
+    /// The approval's id (`appr_…`).
+    pub approval_id: String,
+    /// Approve (the task opens, its deadline counted from now) or deny (it ends denied).
+    pub approve: bool,
+    /// The approver's identity.
+    pub by: String,
+    /// The approver's reason.
+    pub reason: String,
+    /// Unix seconds.
+    pub now: i64,
+    /// The audit entry to append.
+    pub audit: AuditDraft,
+}
+
 /// The outcome of ending a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndedTask {
@@ -309,6 +326,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         set: PolicySetRecord,
         audit: AuditDraft,
     ) -> Result<PolicySetRecord, StoreError>;
+
+    /// Answers a pending approval: fails with `NotFound` for an unknown id and
+    /// `Precondition` when the task no longer waits (decided, expired, revoked) or its agent is
+    /// not active. Returns the task as it is now.
+    async fn decide_approval(&self, d: DecideApproval) -> Result<Task, StoreError>;
+
+    /// The tasks waiting for approval, oldest first, at most `limit`.
+    async fn pending_approvals(&self, limit: usize) -> Result<Vec<Task>, StoreError>;
+
+    /// The task of an approval id.
+    async fn task_by_approval(&self, approval_id: &str) -> Result<Option<Task>, StoreError>;
 
     /// The recorded policy sets, newest first, at most `limit`.
     async fn policy_sets(&self, limit: usize) -> Result<Vec<PolicySetRecord>, StoreError>;

@@ -19,8 +19,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::cache::{Changes, RecordCache};
 use crate::tables::*;
 use crate::{
-    AuditDraft, AuditVerification, ChangeAgentState, ChangedAgent, EndTask, EndedTask,
-    IssueCertificate, RevokeCertificate, Store, StoreError, StoreStats,
+    AuditDraft, AuditVerification, ChangeAgentState, ChangedAgent, DecideApproval, EndTask,
+    EndedTask, IssueCertificate, RevokeCertificate, Store, StoreError, StoreStats,
 };
 
 /// Tuning for [`RedbStore`].
@@ -118,6 +118,7 @@ enum Command {
     RecordCertificate(IssueCertificate),
     RevokeCertificate(RevokeCertificate),
     RecordPolicySet(Box<PolicySetRecord>, AuditDraft),
+    DecideApproval(DecideApproval),
 }
 
 #[derive(Debug)]
@@ -300,6 +301,7 @@ fn init_schema(db: &Database) -> Result<Heads, StoreError> {
         txn.open_table(CERTIFICATES_BY_HOLDER)?;
         txn.open_table(STATUS_INDEX)?;
         txn.open_table(POLICY_SETS)?;
+        txn.open_table(PENDING_APPROVALS)?;
     }
     let heads = {
         let audit = txn.open_table(AUDIT)?;
@@ -446,6 +448,7 @@ struct Tables<'t> {
     certificates_by_holder: Table<'t, (&'static str, &'static str), ()>,
     status_index: Table<'t, u64, &'static str>,
     policy_sets: Table<'t, u64, &'static [u8]>,
+    pending_approvals: Table<'t, &'static str, &'static str>,
 }
 
 impl<'t> Tables<'t> {
@@ -464,6 +467,7 @@ impl<'t> Tables<'t> {
             certificates_by_holder: txn.open_table(CERTIFICATES_BY_HOLDER)?,
             status_index: txn.open_table(STATUS_INDEX)?,
             policy_sets: txn.open_table(POLICY_SETS)?,
+            pending_approvals: txn.open_table(PENDING_APPROVALS)?,
         })
     }
 }
@@ -605,6 +609,7 @@ fn audit_draft(cmd: &Command) -> Option<&AuditDraft> {
         Command::RecordCertificate(c) => Some(&c.audit),
         Command::RevokeCertificate(c) => Some(&c.audit),
         Command::RecordPolicySet(_, a) => Some(a),
+        Command::DecideApproval(d) => Some(&d.audit),
         Command::EndTask(e) => Some(&e.audit),
         Command::ExpireTasks(_) => None,
     }
@@ -671,8 +676,14 @@ fn create_task(
     rec.put_task(t, &id, task.clone())?;
     t.tasks_by_agent
         .insert((task.agent.as_str(), id.as_str()), ())?;
-    if task.state == TaskState::Open {
+    if matches!(task.state, TaskState::Open | TaskState::PendingApproval) {
         t.deadlines.insert((task.expires_at, id.as_str()), ())?;
+    }
+    if task.state == TaskState::PendingApproval {
+        let approval = task.approval_id.as_deref().ok_or_else(|| {
+            StoreError::Precondition(format!("task {id} waits for approval without an id"))
+        })?;
+        t.pending_approvals.insert(approval, id.as_str())?;
     }
     append_audit(t, heads, audit.clone())?;
     Ok(Outcome::Task(task.clone()))
@@ -968,20 +979,32 @@ fn apply(
                 let Some(task) = rec.task(t, &id)? else {
                     continue;
                 };
-                let task = (*task).clone();
+                let mut task = (*task).clone();
                 let agent = task.agent.to_string();
-                let e = end_task_in(
-                    t,
-                    rec,
-                    heads,
-                    events,
-                    task,
-                    TaskState::Expired,
-                    "task_expired",
-                    *now,
-                )?;
-                let mut audit = AuditEntry::draft(*now, "broker", "task.expire");
-                audit.reason = "task_deadline_passed".into();
+                // Unanswered in time, an approval is denied; an open task expires.
+                let pending = task.state == TaskState::PendingApproval;
+                let (state, reason, action, why) = if pending {
+                    if let Some(a) = task.approval.as_mut() {
+                        a.decided_at = Some(*now);
+                        a.reason = "approval_expired".into();
+                    }
+                    (
+                        TaskState::Denied,
+                        "approval_expired",
+                        "approval.expire",
+                        "no approver answered in time",
+                    )
+                } else {
+                    (
+                        TaskState::Expired,
+                        "task_expired",
+                        "task.expire",
+                        "task_deadline_passed",
+                    )
+                };
+                let e = end_task_in(t, rec, heads, events, task, state, reason, *now)?;
+                let mut audit = AuditEntry::draft(*now, "broker", action);
+                audit.reason = why.into();
                 audit.agent_id = agent;
                 audit.task_id = id;
                 audit.detail = format!("revoked_tokens={}", e.revoked_tokens);
@@ -1037,6 +1060,7 @@ fn apply(
             }
             Ok(Outcome::Done)
         }
+        Command::DecideApproval(d) => decide_approval(t, rec, heads, events, d),
         Command::RecordPolicySet(set, audit) => {
             let last = t.policy_sets.last()?.map(|(k, _)| k.value()).unwrap_or(0);
             let mut set = (**set).clone();
@@ -1229,6 +1253,73 @@ fn revoke_holder_certificates(
     Ok(n)
 }
 
+/// Answers a pending approval: opens the task (its deadline counted from now) or ends it
+/// denied.
+fn decide_approval(
+    t: &mut Tables<'_>,
+    rec: &mut Records<'_>,
+    heads: &mut Heads,
+    events: &mut Vec<RevocationEvent>,
+    d: &DecideApproval,
+) -> Result<Outcome, StoreError> {
+    let not_found = || StoreError::NotFound {
+        what: format!("approval {}", d.approval_id),
+    };
+    let id = t
+        .pending_approvals
+        .get(d.approval_id.as_str())?
+        .map(|v| v.value().to_owned())
+        .ok_or_else(not_found)?;
+    let mut task: Task = rec
+        .task(t, &id)?
+        .map(|t| (*t).clone())
+        .ok_or_else(not_found)?;
+    let state = task.effective_state(d.now);
+    if state != TaskState::PendingApproval {
+        return Err(StoreError::Precondition(format!(
+            "task {id} no longer waits for approval: it is {}",
+            state.as_str()
+        )));
+    }
+    let Some(approval) = task.approval.as_mut() else {
+        return Err(StoreError::Precondition(format!(
+            "task {id} waits for approval without its request"
+        )));
+    };
+    approval.decided_by = Some(d.by.clone());
+    approval.decided_at = Some(d.now);
+    approval.reason.clone_from(&d.reason);
+    let mut audit = d.audit.clone();
+    audit.task_id.clone_from(&id);
+    audit.agent_id = task.agent.to_string();
+    if !d.approve {
+        let ended = end_task_in(
+            t,
+            rec,
+            heads,
+            events,
+            task,
+            TaskState::Denied,
+            "approval_denied",
+            d.now,
+        )?;
+        append_audit(t, heads, audit)?;
+        return Ok(Outcome::Task(ended.task));
+    }
+    rec.active_agent(t, &task.agent)?;
+    let seconds = i64::from(approval.task_seconds.max(1));
+    t.deadlines.remove((task.expires_at, id.as_str()))?;
+    t.pending_approvals.remove(d.approval_id.as_str())?;
+    task.state = TaskState::Open;
+    task.approval_id = None;
+    task.approved_by = Some(d.by.clone());
+    task.expires_at = d.now.saturating_add(seconds);
+    t.deadlines.insert((task.expires_at, id.as_str()), ())?;
+    rec.put_task(t, &id, task.clone())?;
+    append_audit(t, heads, audit)?;
+    Ok(Outcome::Task(task))
+}
+
 /// Moves a task to a final state, counts its live tokens and appends its revocation.
 #[allow(
     clippy::too_many_arguments,
@@ -1262,12 +1353,14 @@ fn end_task_in(
             }
         }
     }
-    if task.state == TaskState::Open {
+    if matches!(task.state, TaskState::Open | TaskState::PendingApproval) {
         t.deadlines.remove((task.expires_at, id.as_str()))?;
+    }
+    if let Some(a) = task.approval_id.take() {
+        t.pending_approvals.remove(a.as_str())?;
     }
     task.state = state;
     task.ended_at = Some(now);
-    task.approval_id = None;
     rec.put_task(t, &id, task.clone())?;
     let revocation = append_revocation(
         t,
@@ -1622,6 +1715,39 @@ impl Store for RedbStore {
             self.submit(Command::RecordPolicySet(Box::new(set), audit)).await,
             Outcome::PolicySet(s) => *s
         )
+    }
+
+    async fn decide_approval(&self, d: DecideApproval) -> Result<Task, StoreError> {
+        expect_outcome!(self.submit(Command::DecideApproval(d)).await, Outcome::Task(t) => t)
+    }
+
+    async fn pending_approvals(&self, limit: usize) -> Result<Vec<Task>, StoreError> {
+        self.read(|txn| {
+            let ids = txn.open_table(PENDING_APPROVALS)?;
+            let tasks = txn.open_table(TASKS)?;
+            let mut out: Vec<Task> = Vec::new();
+            for row in ids.iter()?.take(limit) {
+                let (_, task_id) = row?;
+                if let Some(t) = get_json::<Task>(&tasks, "task", task_id.value())? {
+                    out.push(t);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn task_by_approval(&self, approval_id: &str) -> Result<Option<Task>, StoreError> {
+        let approval_id = approval_id.to_owned();
+        self.read(move |txn| {
+            let Some(task_id) = txn
+                .open_table(PENDING_APPROVALS)?
+                .get(approval_id.as_str())?
+                .map(|v| v.value().to_owned())
+            else {
+                return Ok(None);
+            };
+            get_json(&txn.open_table(TASKS)?, "task", &task_id)
+        })
     }
 
     async fn policy_sets(&self, limit: usize) -> Result<Vec<PolicySetRecord>, StoreError> {

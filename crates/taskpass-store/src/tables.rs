@@ -41,6 +41,9 @@ pub(crate) const CERTIFICATES_BY_HOLDER: TableDefinition<(&str, &str), ()> =
 pub(crate) const STATUS_INDEX: TableDefinition<u64, &str> = TableDefinition::new("status_index");
 
 pub(crate) const REVOCATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("revocations");
+/// Approval id → task id, for the tasks waiting for a human's approval.
+pub(crate) const PENDING_APPROVALS: TableDefinition<&str, &str> =
+    TableDefinition::new("pending_approvals");
 /// Version → PolicySetRecord: every policy set put in force, the newest in force now.
 pub(crate) const POLICY_SETS: TableDefinition<u64, &[u8]> = TableDefinition::new("policy_sets");
 /// Sequence → AuditEntry.

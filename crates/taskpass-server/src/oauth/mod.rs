@@ -158,8 +158,9 @@ impl Broker {
                     on_behalf_of_requested: g.user_token.is_some(),
                     user: None,
                 };
-                let (mut task, mut task_audit) =
-                    self.open_task(&agent, start, "start_task").await?;
+                let (mut task, mut task_audit) = self
+                    .open_task(&agent, start, "start_task", crate::broker::Pending::Refused)
+                    .await?;
                 let mut minted = self
                     .mint(&agent, certificate.as_ref(), &task, ask, "issue_token")
                     .await?;

@@ -65,7 +65,8 @@ impl Command {
             | Command::RevokeToken { .. }
             | Command::RecordCertificate(_)
             | Command::RevokeCertificate(_)
-            | Command::RecordPolicySet(..) => Lane::Priority,
+            | Command::RecordPolicySet(..)
+            | Command::DecideApproval(_) => Lane::Priority,
         }
     }
 }
