@@ -172,6 +172,7 @@ fn start_task(agent: &Agent, req: &pb::StartTaskRequest, limits: &Limits) -> Opt
         on_behalf_of: None,
         approval_id: None,
         approved_by: None,
+        user: None,
         approval: None,
         implicit: false,
     })
@@ -191,7 +192,6 @@ fn issue_token(agent: &Agent, task: &Task, req: &pb::IssueTokenRequest, limits: 
         audience,
         scopes,
         ttl_seconds: req.ttl_seconds,
-        user: None,
     };
     let ctx = DecisionContext {
         now: NOW,
@@ -249,6 +249,7 @@ fuzz_target!(|data: &[u8]| {
             on_behalf_of: None,
             approval_id: None,
             approved_by: None,
+            user: None,
             approval: None,
             implicit: false,
         };

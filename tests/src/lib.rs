@@ -323,9 +323,16 @@ impl DpopKey {
         serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64.encode(&p[1..33]), "y": b64.encode(&p[33..65])})
     }
 
-    /// Its RFC 7638 thumbprint (`cnf.jkt`).
+    /// Its RFC 7638 thumbprint (`cnf.jkt`): the members in lexicographic order, written out
+    /// by hand (serde_json keeps insertion order when a dependency turns on preserve_order,
+    /// as cedar-policy does, so `json!` is no canonical form).
     pub fn jkt(&self) -> String {
-        taskpass_core::sha256_b64url(self.jwk().to_string().as_bytes())
+        let jwk = self.jwk();
+        let canonical = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":{},"y":{}}}"#,
+            jwk["x"], jwk["y"]
+        );
+        taskpass_core::sha256_b64url(canonical.as_bytes())
     }
 
     /// A proof for `method` `url`, now; with `token`, its `ath`.

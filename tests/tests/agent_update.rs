@@ -67,7 +67,7 @@ async fn an_update_changes_bindings_and_allow_lists_and_is_audited() {
     // Audited once, with before and after.
     let entries = env
         .admin
-        .tail_audit(pb::TailAuditRequest { limit: 100 })
+        .tail_audit(pb::TailAuditRequest { limit: 10_000 })
         .await
         .unwrap()
         .into_inner()

@@ -29,19 +29,24 @@ pub struct OidcIssuerConfig {
 impl OidcIssuerConfig {
     /// Every problem with this entry, one actionable sentence each; empty when it is valid.
     pub fn validate(&self) -> Vec<String> {
+        self.validate_in("[[attestation.oidc]]")
+    }
+
+    /// [`OidcIssuerConfig::validate`] for an entry of the config table `table` (e.g.
+    /// `[[delegation.oidc]]`), which the messages name.
+    pub fn validate_in(&self, table: &str) -> Vec<String> {
         let mut problems = Vec::new();
         let name = if self.issuer.is_empty() {
             "<empty>"
         } else {
             self.issuer.as_str()
         };
-        let at = format!("[[attestation.oidc]] issuer {name:?}");
+        let at = format!("{table} issuer {name:?}");
         if self.issuer.trim().is_empty() {
-            problems.push(
-                "[[attestation.oidc]]: issuer is empty: set it to the issuer URL found in the \
+            problems.push(format!(
+                "{table}: issuer is empty: set it to the issuer URL found in the \
                  tokens' iss claim"
-                    .to_owned(),
-            );
+            ));
         } else {
             if !is_https_url(&self.issuer) {
                 problems.push(format!("{at}: the issuer must be an https:// URL"));
@@ -99,6 +104,9 @@ pub struct OidcOptions {
     pub max_token_bytes: usize,
     /// Most verified attestations remembered (until each token's `exp`). Default 10 000.
     pub cache_capacity: usize,
+    /// The config table the issuers come from, named in configuration errors. Default
+    /// `[[attestation.oidc]]`.
+    pub config_table: &'static str,
 }
 
 impl Default for OidcOptions {
@@ -110,6 +118,7 @@ impl Default for OidcOptions {
             http_timeout: Duration::from_secs(5),
             max_token_bytes: 16 * 1024,
             cache_capacity: 10_000,
+            config_table: "[[attestation.oidc]]",
         }
     }
 }

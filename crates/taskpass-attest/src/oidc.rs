@@ -203,14 +203,14 @@ impl OidcVerifier {
 
         let mut problems: Vec<String> = issuers
             .iter()
-            .flat_map(OidcIssuerConfig::validate)
+            .flat_map(|c| c.validate_in(options.config_table))
             .collect();
         let mut seen = HashSet::new();
         for c in &issuers {
             if !seen.insert(c.issuer.as_str()) {
                 problems.push(format!(
-                    "[[attestation.oidc]] issuer {:?} is configured twice: merge the entries",
-                    c.issuer
+                    "{} issuer {:?} is configured twice: merge the entries",
+                    options.config_table, c.issuer
                 ));
             }
         }
@@ -228,7 +228,7 @@ impl OidcVerifier {
         };
         let mut built = HashMap::with_capacity(issuers.len());
         for config in issuers {
-            let at = format!("[[attestation.oidc]] issuer {:?}", config.issuer);
+            let at = format!("{} issuer {:?}", options.config_table, config.issuer);
             let (fetcher, keys) = if let Some(path) = &config.jwks_file {
                 match read_jwks_file(path).await {
                     Ok(set) => (None, Some(Arc::new(set))),
@@ -314,6 +314,36 @@ impl OidcVerifier {
             ),
         }
         result
+    }
+
+    /// Verifies a token like [`OidcVerifier::verify`] and returns its claims as well, without
+    /// the cache (for tokens whose claims matter, such as a user's token to act for).
+    pub async fn verify_claims(
+        &self,
+        token: &str,
+    ) -> Result<(AttestedIdentity, Map<String, Value>), AttestError> {
+        if token.len() > self.options.max_token_bytes {
+            return Err(AttestError::TooLarge {
+                size: token.len(),
+                limit: self.options.max_token_bytes,
+            });
+        }
+        let now = self.clock.now();
+        let unverified = jws::parse(token)?;
+        let Some(issuer) = self.issuers.get(&unverified.iss) else {
+            return Err(AttestError::UntrustedIssuer {
+                issuer: quoted(&unverified.iss),
+            });
+        };
+        let keys = self.keys_for(issuer, &unverified).await?;
+        let Lookup::Found(key) =
+            keys.lookup(issuer.name(), unverified.kid.as_deref(), unverified.alg)?
+        else {
+            return Err(unknown_key(issuer, &unverified));
+        };
+        let claims = decode(issuer, key, token)?;
+        let identity = self.check_claims(issuer, &claims, now)?;
+        Ok((identity, claims))
     }
 
     async fn verify_with(

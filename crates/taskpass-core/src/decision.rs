@@ -131,15 +131,22 @@ pub enum PolicyResource<'a> {
     },
 }
 
-/// The user a task acts for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The user a task acts for, as their verified token says (on-behalf-of delegation).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct User {
     /// Its subject at its issuer (`sub`).
     pub subject: String,
+    /// The issuer of its token.
+    pub issuer: String,
     /// Its tenant (from the configured claim), or empty.
     pub tenant: String,
     /// Its groups, when its issuer provides them.
     pub groups: Vec<String>,
+    /// The scopes it holds (from the scope claim, or its groups mapped to scopes).
+    pub scopes: ScopeSet,
+    /// The token's `may_act.sub`, when it names who may act for the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub may_act: Option<String>,
 }
 
 /// The context of a request, as policies see it.

@@ -85,8 +85,6 @@ pub struct IssueRequest {
     pub scopes: ScopeSet,
     /// Requested TTL; 0 means the default.
     pub ttl_seconds: u32,
-    /// The user the task acts for, as verified when it started.
-    pub user: Option<User>,
 }
 
 /// What IssueToken grants.
@@ -257,6 +255,11 @@ fn start_allow_lists(
             ),
         ));
     }
+    // On behalf of a user: the user's rights bound the task, and never cross tenants.
+    let scopes = match &req.user {
+        None => req.scopes.clone(),
+        Some(user) => delegated_scopes(agent, user, &req.scopes)?,
+    };
     let duration = match req.max_duration_seconds {
         0 => ctx.limits.default_task_seconds,
         d => d,
@@ -265,9 +268,49 @@ fn start_allow_lists(
     .max(1);
     Ok(StartGrant {
         audiences: req.audiences.clone(),
-        scopes: req.scopes.clone(),
+        scopes,
         expires_at: ctx.now.saturating_add(i64::from(duration)),
     })
+}
+
+/// RFC 8693 delegation: granted = requested ∩ the agent's allow-list (checked before) ∩ the
+/// user's scopes; the user's `may_act`, when present, must name the agent; an agent of a
+/// tenant acts only for users of that tenant.
+fn delegated_scopes(agent: &Agent, user: &User, requested: &ScopeSet) -> Result<ScopeSet, Denial> {
+    if let Some(may_act) = &user.may_act
+        && may_act != agent.id.as_str()
+    {
+        return Err(Denial::new(
+            DenialKind::PermissionDenied,
+            "may_act_mismatch",
+            format!(
+                "the user's token lets {may_act} act for them (may_act), not agent {}",
+                agent.name
+            ),
+        ));
+    }
+    if !agent.tenant.is_empty() && user.tenant != agent.tenant {
+        return Err(Denial::new(
+            DenialKind::PermissionDenied,
+            "tenant_mismatch",
+            format!(
+                "agent {} serves tenant {:?}; the user belongs to tenant {:?}",
+                agent.name, agent.tenant, user.tenant
+            ),
+        ));
+    }
+    let granted = requested.intersection(&user.scopes);
+    if !requested.is_empty() && granted.is_empty() {
+        return Err(Denial::new(
+            DenialKind::PermissionDenied,
+            "user_lacks_scopes",
+            format!(
+                "the user holds none of the scopes asked for ({})",
+                list(requested.iter())
+            ),
+        ));
+    }
+    Ok(granted)
 }
 
 /// Decides an IssueToken request for `task` of the attested `agent`. The caller has already
@@ -293,7 +336,7 @@ pub fn decide_issue(
             scopes: &grant.scopes,
             audiences: std::slice::from_ref(&grant.audience),
             ttl_seconds: ttl,
-            user: req.user.as_ref(),
+            user: task.user.as_ref(),
             now: ctx.now,
             approved: task.approved_by.is_some(),
             arguments: None,
@@ -489,6 +532,7 @@ mod tests {
             on_behalf_of: None,
             approval_id: None,
             approved_by: None,
+            user: None,
             approval: None,
             implicit: false,
         }
@@ -499,7 +543,6 @@ mod tests {
             audience: Audience::parse(aud).unwrap(),
             scopes: ScopeSet::parse(scopes).unwrap(),
             ttl_seconds: ttl,
-            user: None,
         }
     }
 

@@ -72,6 +72,9 @@ pub struct Task {
     /// The approver who approved it, when it needed approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<String>,
+    /// The user it acts for, as verified when it started (`on_behalf_of` is its subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<crate::decision::User>,
     /// The approval it waited for (or waits for), when it needed one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,

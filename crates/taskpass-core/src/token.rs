@@ -72,6 +72,14 @@ impl TokenStatus {
 pub struct Actor {
     /// The acting agent's id.
     pub sub: String,
+    /// What kind of actor it is: `ai_agent` for Taskpass agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_profile: Option<String>,
+}
+
+impl Actor {
+    /// The `sub_profile` of Taskpass agents.
+    pub const AI_AGENT: &'static str = "ai_agent";
 }
 
 /// The `cnf` claim: what a token is bound to, so that only the holder can use it. Exactly one
@@ -210,7 +218,13 @@ impl AccessClaims {
     pub fn for_record(issuer: &str, record: &TokenRecord, on_behalf_of: Option<&str>) -> Self {
         let agent = record.agent.as_str().to_owned();
         let (sub, act) = match on_behalf_of {
-            Some(user) => (user.to_owned(), Some(Actor { sub: agent.clone() })),
+            Some(user) => (
+                user.to_owned(),
+                Some(Actor {
+                    sub: agent.clone(),
+                    sub_profile: Some(Actor::AI_AGENT.to_owned()),
+                }),
+            ),
             None => (agent.clone(), None),
         };
         Self {

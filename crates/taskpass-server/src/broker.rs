@@ -69,6 +69,8 @@ pub struct Broker {
     pub(crate) policies: crate::policies::ActivePolicies,
     /// How long a task waits for an approval before it is denied, seconds.
     pub(crate) approval_timeout: u32,
+    /// The verifier of users' tokens, when `[[delegation.oidc]]` names issuers.
+    pub(crate) delegation: Option<crate::delegation::Delegation>,
     /// Task ids whose task just changed: WatchTask streams wake on them.
     pub(crate) task_changes: tokio::sync::broadcast::Sender<TaskId>,
 }
@@ -318,7 +320,7 @@ pub(crate) fn task_to_pb(t: &Task, now: i64) -> pb::Task {
 
 /// What a task's opening records in the audit log's `detail`.
 pub(crate) fn task_detail(task: &Task) -> String {
-    format!(
+    let mut d = format!(
         "audiences={} scopes={} expires_at={}",
         task.audiences
             .iter()
@@ -327,7 +329,17 @@ pub(crate) fn task_detail(task: &Task) -> String {
             .join(","),
         task.scopes.to_claim().replace(' ', ","),
         task.expires_at
-    )
+    );
+    if let Some(u) = &task.user {
+        d.push_str(&format!(
+            " on_behalf_of={:?} user_issuer={:?} user_tenant={:?}",
+            u.subject, u.issuer, u.tenant
+        ));
+    }
+    if let Some(a) = &task.approval_id {
+        d.push_str(&format!(" approval={a}"));
+    }
+    d
 }
 
 fn parse_task_id(s: &str) -> Result<TaskId, ApiError> {
@@ -611,7 +623,13 @@ impl Broker {
     }
 
     /// Audits a policy decision against an identified agent, then returns it.
-    async fn deny(&self, agent: &Agent, action: &str, task: &str, err: ApiError) -> ApiError {
+    pub(crate) async fn deny(
+        &self,
+        agent: &Agent,
+        action: &str,
+        task: &str,
+        err: ApiError,
+    ) -> ApiError {
         let mut a = AuditEntry::draft(self.now(), agent.id.as_str(), action);
         a.outcome = AuditOutcome::Deny;
         a.reason = err.to_string();
@@ -672,10 +690,13 @@ impl Broker {
                 user: None,
             })
         })();
-        let parsed = match parsed {
+        let mut parsed = match parsed {
             Ok(p) => p,
             Err(e) => return Err(self.refuse(&agent, "start_task", input_rule(&e), "", e)),
         };
+        parsed.user = self
+            .on_behalf_of(&agent, Some(&req.subject_token), "start_task")
+            .await?;
         let (task, audit) = self
             .open_task(&agent, parsed, "start_task", Pending::Allowed)
             .await?;
@@ -762,9 +783,10 @@ impl Broker {
                 grant.expires_at
             },
             ended_at: None,
-            on_behalf_of: None,
+            on_behalf_of: parsed.user.as_ref().map(|u| u.subject.clone()),
             approval_id: approval.as_ref().map(|a| a.id.clone()),
             approved_by: None,
+            user: parsed.user,
             approval,
             implicit: false,
         };
@@ -846,7 +868,6 @@ impl Broker {
                     .map_err(|e| ApiError::field("audience", e))?,
                 scopes: ScopeSet::parse(ask.scopes).map_err(|e| ApiError::field("scopes", e))?,
                 ttl_seconds: ask.ttl_seconds,
-                user: None,
             })
         })();
         let parsed = match parsed {

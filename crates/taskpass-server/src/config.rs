@@ -284,6 +284,15 @@ pub struct PolicySection {
     pub files: Vec<PathBuf>,
 }
 
+/// The `[delegation]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelegationSection {
+    /// `[[delegation.oidc]]`: issuers of the users' tokens agents may act for.
+    #[serde(default)]
+    pub oidc: Vec<crate::delegation::DelegationIssuerConfig>,
+}
+
 /// The `[approval]` table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -329,6 +338,9 @@ pub struct ConfigFile {
     /// `[approval]`.
     #[serde(default)]
     pub approval: ApprovalSection,
+    /// `[delegation]`.
+    #[serde(default)]
+    pub delegation: DelegationSection,
 }
 
 fn default_listen() -> SocketAddr {
@@ -438,6 +450,8 @@ pub struct Config {
     pub policy_files: Vec<PathBuf>,
     /// `[approval] timeout_seconds`.
     pub approval_timeout_seconds: u32,
+    /// `[[delegation.oidc]]`, with absolute paths.
+    pub delegation: Vec<crate::delegation::DelegationIssuerConfig>,
 }
 
 /// Why a configuration was refused: every problem found.
@@ -457,6 +471,7 @@ impl ConfigFile {
             roles: Default::default(),
             policy: PolicySection::default(),
             approval: ApprovalSection::default(),
+            delegation: DelegationSection::default(),
         }
     }
 
@@ -513,6 +528,15 @@ impl ConfigFile {
             }
         }
         problems.extend(self.limits.problems());
+        for d in &self.delegation.oidc {
+            problems.extend(d.problems());
+            if self.attestation.oidc.iter().any(|a| a.issuer == d.issuer) {
+                problems.push(format!(
+                    "issuer {:?} is under both [[attestation.oidc]] and [[delegation.oidc]]: an issuer of agents' tokens must not also vouch for users",
+                    d.issuer
+                ));
+            }
+        }
         if !(1..=86_400).contains(&self.approval.timeout_seconds) {
             problems.push("approval.timeout_seconds must be 1 to 86400".into());
         }
@@ -626,6 +650,12 @@ impl ConfigFile {
                 roles,
                 policy_files: self.policy.files.iter().map(|p| resolve(p)).collect(),
                 approval_timeout_seconds: self.approval.timeout_seconds,
+                delegation: self
+                    .delegation
+                    .oidc
+                    .into_iter()
+                    .map(|d| d.resolved(resolve))
+                    .collect(),
             }),
             _ => Err(ConfigError(problems)),
         }

@@ -19,6 +19,7 @@ mod broker;
 mod certificates;
 mod config;
 mod conn;
+mod delegation;
 mod error;
 mod grpc;
 mod http;

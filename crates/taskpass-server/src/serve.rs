@@ -258,6 +258,12 @@ pub async fn serve(
         ),
         roles: config.roles.clone(),
         approval_timeout: config.approval_timeout_seconds,
+        delegation: crate::delegation::Delegation::new(
+            config.delegation.clone(),
+            config.leeway_seconds,
+            Arc::clone(&clock),
+        )
+        .await?,
         task_changes: tokio::sync::broadcast::channel(1024).0,
         policies: crate::policies::ActivePolicies::load(&*store, &config.policy_files, clock.now())
             .await?,

@@ -67,6 +67,7 @@ async fn main() {
                 on_behalf_of: None,
                 approval_id: None,
                 approved_by: None,
+                user: None,
                 approval: None,
                 implicit: false,
             };

@@ -245,6 +245,7 @@ mod tests {
             on_behalf_of: None,
             approval_id: None,
             approved_by: None,
+            user: None,
             approval: None,
             implicit: false,
         })

@@ -101,7 +101,7 @@ enum Command {
     RegisterAgent(Agent, AuditDraft),
     UpdateAgent(Agent, AuditDraft),
     ChangeAgentState(ChangeAgentState),
-    CreateTask(Task, AuditDraft),
+    CreateTask(Box<Task>, AuditDraft),
     /// A task and its one token, in one write (the token endpoint's implicit tasks).
     CreateTaskWithToken(Box<(Task, AuditDraft, TokenRecord, AuditDraft)>),
     EndTask(EndTask),
@@ -1529,7 +1529,7 @@ impl Store for RedbStore {
     }
 
     async fn create_task(&self, task: Task, audit: AuditDraft) -> Result<Task, StoreError> {
-        expect_outcome!(self.submit(Command::CreateTask(task, audit)).await, Outcome::Task(t) => t)
+        expect_outcome!(self.submit(Command::CreateTask(Box::new(task), audit)).await, Outcome::Task(t) => t)
     }
 
     async fn task(&self, id: &TaskId) -> Result<Option<Task>, StoreError> {

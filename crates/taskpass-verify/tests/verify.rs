@@ -69,7 +69,8 @@ fn act_sets_the_actor() {
     assert_eq!(
         verified.claims.act,
         Some(Actor {
-            sub: AGENT.to_owned()
+            sub: AGENT.to_owned(),
+            sub_profile: None,
         })
     );
 }

@@ -156,11 +156,20 @@ impl Broker {
                     scopes: g.scopes.clone(),
                     max_duration_seconds: 0,
                     on_behalf_of_requested: g.user_token.is_some(),
-                    user: None,
+                    user: self
+                        .on_behalf_of(
+                            &agent,
+                            g.user_token.as_ref().map(|t| t.0.as_str()),
+                            "start_task",
+                        )
+                        .await?,
                 };
                 let (mut task, mut task_audit) = self
                     .open_task(&agent, start, "start_task", crate::broker::Pending::Refused)
                     .await?;
+                // Its one token has what the task was granted (for a user, what the user
+                // holds of what was asked: RFC 8693 lets the answer's scope be narrower).
+                let ask = TokenAsk { scopes: &[], ..ask };
                 let mut minted = self
                     .mint(&agent, certificate.as_ref(), &task, ask, "issue_token")
                     .await?;

@@ -47,6 +47,7 @@ fn task(agent: &Agent, now: i64, secs: i64) -> Task {
         on_behalf_of: None,
         approval_id: None,
         approved_by: None,
+        user: None,
         approval: None,
         implicit: false,
     }
