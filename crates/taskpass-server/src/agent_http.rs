@@ -280,6 +280,12 @@ fn attestation(headers: &HeaderMap) -> Result<Option<pb::Attestation>, ApiError>
     }))
 }
 
+/// The JSON body of `req` (at most [`MAX_BODY_BYTES`], `application/json`).
+pub(crate) async fn json_body(req: Request<Body>) -> Result<Value, ApiError> {
+    let (parts, body) = req.into_parts();
+    read_body::<Value>(&parts.headers, body).await
+}
+
 /// The JSON body as `B`; no body is `{}` (refused by the calls with required fields).
 async fn read_body<B: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<B, ApiError> {
     let bytes = http_body_util::Limited::new(body, MAX_BODY_BYTES)
@@ -307,7 +313,7 @@ async fn read_body<B: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Resu
         .map_err(|e| ApiError::InvalidArgument(format!("the body is not the call's JSON: {e}")))
 }
 
-fn error_response(e: &ApiError) -> Response {
+pub(crate) fn error_response(e: &ApiError) -> Response {
     let message = match e {
         ApiError::Internal(detail) => {
             tracing::error!(detail = %detail, "internal error");

@@ -278,6 +278,14 @@ fn input_rule(e: &ApiError) -> &'static str {
     }
 }
 
+/// A token the verification profile found active, with what it belongs to.
+#[derive(Debug)]
+pub(crate) struct ActiveToken {
+    pub(crate) claims: AccessClaims,
+    pub(crate) task: Task,
+    pub(crate) agent: Agent,
+}
+
 /// Whether a decision that asks for approval may open a task that waits for one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pending {
@@ -1050,6 +1058,81 @@ impl Broker {
             .await?)
     }
 
+    /// A token checked by the one verification profile of the broker's own tokens: its
+    /// claims, task and agent when it is active, else why not (an introspection reason).
+    pub(crate) async fn check_token(
+        &self,
+        reader: &crate::principals::Principal,
+        token: &str,
+    ) -> Result<Result<ActiveToken, &'static str>, ApiError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Ok(Err("malformed"));
+        }
+        let claims = match self.keys.verify(token) {
+            Ok(c) => c,
+            Err(p) => return Ok(Err(p.as_str())),
+        };
+        let now = self.now();
+        if claims.iss != self.issuer {
+            return Ok(Err("wrong_issuer"));
+        }
+        if let crate::principals::Principal::Validator(v) = reader
+            && !v.serves(&claims.aud)
+        {
+            return Ok(Err("wrong_audience"));
+        }
+        // The profile's time and lifetime checks, without leeway for our own tokens.
+        match taskpass_core::jwt::check_times(&claims, now, 0) {
+            Ok(()) => {}
+            Err(taskpass_core::jwt::ProfileError::Expired) => return Ok(Err("expired")),
+            Err(_) => return Ok(Err("not_yet_valid")),
+        }
+        if taskpass_core::jwt::check_lifetime(&claims, u64::from(self.limits.max_ttl_seconds))
+            .is_err()
+        {
+            return Ok(Err("malformed"));
+        }
+        let (Ok(token_id), Ok(task_id)) = (TokenId::parse(&claims.jti), TaskId::parse(&claims.txn))
+        else {
+            return Ok(Err("malformed"));
+        };
+        match self.store.token(&token_id).await? {
+            None => return Ok(Err("unknown_token")),
+            Some(r) if r.revoked_at.is_some() => return Ok(Err("revoked")),
+            Some(_) => {}
+        }
+        let Some(task) = self.store.task(&task_id).await? else {
+            return Ok(Err("unknown_task"));
+        };
+        match task.effective_state(now) {
+            TaskState::Open => {}
+            TaskState::Completed => return Ok(Err("task_completed")),
+            TaskState::Expired => return Ok(Err("task_expired")),
+            TaskState::Revoked => return Ok(Err("task_revoked")),
+            _ => return Ok(Err("task_not_open")),
+        }
+        let agent = match self.trust_domain.agent_name_of(&claims.client_id) {
+            Some(name) => self.store.agent(&name).await?,
+            None => None,
+        };
+        let agent = match agent {
+            Some(a) if a.state == AgentState::Active => a,
+            Some(a) if a.state == AgentState::Offboarded => return Ok(Err("agent_offboarded")),
+            Some(a) if a.state == AgentState::Suspended => return Ok(Err("agent_suspended")),
+            _ => return Ok(Err("unknown_agent")),
+        };
+        if let Some(Confirmation::Certificate(t)) = &claims.cnf
+            && self.revoked_serials.contains_thumbprint(t)
+        {
+            return Ok(Err("certificate_revoked"));
+        }
+        Ok(Ok(ActiveToken {
+            claims,
+            task,
+            agent,
+        }))
+    }
+
     /// Introspect: never an error for a bad token, only `active: false` with a reason. A
     /// validator learns about tokens for its own audiences only (RFC 7662 §2.1): any other is
     /// `wrong_audience`, before anything about its state is looked up.
@@ -1058,72 +1141,16 @@ impl Broker {
         reader: &crate::principals::Principal,
         token: &str,
     ) -> Result<pb::IntrospectResponse, ApiError> {
-        let inactive = |reason: &str| pb::IntrospectResponse {
-            active: false,
-            inactive_reason: reason.to_owned(),
-            ..Default::default()
+        let claims = match self.check_token(reader, token).await? {
+            Ok(active) => active.claims,
+            Err(reason) => {
+                return Ok(pb::IntrospectResponse {
+                    active: false,
+                    inactive_reason: reason.to_owned(),
+                    ..Default::default()
+                });
+            }
         };
-        if token.len() > MAX_TOKEN_BYTES {
-            return Ok(inactive("malformed"));
-        }
-        let claims = match self.keys.verify(token) {
-            Ok(c) => c,
-            Err(p) => return Ok(inactive(p.as_str())),
-        };
-        let now = self.now();
-        if claims.iss != self.issuer {
-            return Ok(inactive("wrong_issuer"));
-        }
-        if let crate::principals::Principal::Validator(v) = reader
-            && !v.serves(&claims.aud)
-        {
-            return Ok(inactive("wrong_audience"));
-        }
-        // The profile's time and lifetime checks, without leeway for our own tokens.
-        match taskpass_core::jwt::check_times(&claims, now, 0) {
-            Ok(()) => {}
-            Err(taskpass_core::jwt::ProfileError::Expired) => return Ok(inactive("expired")),
-            Err(_) => return Ok(inactive("not_yet_valid")),
-        }
-        if taskpass_core::jwt::check_lifetime(&claims, u64::from(self.limits.max_ttl_seconds))
-            .is_err()
-        {
-            return Ok(inactive("malformed"));
-        }
-        let (Ok(token_id), Ok(task_id)) = (TokenId::parse(&claims.jti), TaskId::parse(&claims.txn))
-        else {
-            return Ok(inactive("malformed"));
-        };
-        match self.store.token(&token_id).await? {
-            None => return Ok(inactive("unknown_token")),
-            Some(r) if r.revoked_at.is_some() => return Ok(inactive("revoked")),
-            Some(_) => {}
-        }
-        let Some(task) = self.store.task(&task_id).await? else {
-            return Ok(inactive("unknown_task"));
-        };
-        match task.effective_state(now) {
-            TaskState::Open => {}
-            TaskState::Completed => return Ok(inactive("task_completed")),
-            TaskState::Expired => return Ok(inactive("task_expired")),
-            TaskState::Revoked => return Ok(inactive("task_revoked")),
-            _ => return Ok(inactive("task_not_open")),
-        }
-        let agent = match self.trust_domain.agent_name_of(&claims.client_id) {
-            Some(name) => self.store.agent(&name).await?,
-            None => None,
-        };
-        match agent.map(|a| a.state) {
-            Some(AgentState::Active) => {}
-            Some(AgentState::Offboarded) => return Ok(inactive("agent_offboarded")),
-            Some(AgentState::Suspended) => return Ok(inactive("agent_suspended")),
-            _ => return Ok(inactive("unknown_agent")),
-        }
-        if let Some(Confirmation::Certificate(t)) = &claims.cnf
-            && self.revoked_serials.contains_thumbprint(t)
-        {
-            return Ok(inactive("certificate_revoked"));
-        }
         let (cnf_x5t_s256, cnf_jkt) = match &claims.cnf {
             Some(Confirmation::Certificate(t)) => (t.clone(), String::new()),
             Some(Confirmation::Key(t)) => (String::new(), t.clone()),

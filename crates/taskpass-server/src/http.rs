@@ -27,6 +27,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         )
         .route("/statuslists/{n}", get(status_list))
         .merge(crate::agent_http::routes())
+        .merge(crate::authzen::routes())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(broker)

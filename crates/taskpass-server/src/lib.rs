@@ -15,6 +15,7 @@
 mod admin;
 mod agent_http;
 mod approvals;
+mod authzen;
 mod broker;
 mod certificates;
 mod config;

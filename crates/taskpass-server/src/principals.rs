@@ -46,6 +46,16 @@ pub enum Principal {
     Validator(Arc<Validator>),
 }
 
+impl Principal {
+    /// Its SPIFFE id.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Operator(o) => &o.id,
+            Self::Validator(v) => &v.id,
+        }
+    }
+}
+
 /// A principal as a connection remembers it: with what must be checked again on every call.
 #[derive(Debug)]
 pub(crate) struct Proven {
