@@ -155,6 +155,43 @@ async fn validators_ask_whether_a_tool_call_is_allowed() {
     let (_, a) = post(&broker, "/access/v1/evaluations", me, &first_deny).await;
     assert_eq!(a["evaluations"].as_array().unwrap().len(), 2, "{a}");
 
+    // The SDK's helper asks the same endpoint.
+    let tools =
+        taskpass_verify::ToolAuthorizer::new(&broker.http_url, &broker.ca_pem, (&cert, &key))
+            .unwrap();
+    let d = tools
+        .evaluate(&write_token, "delete_file", &json!({}))
+        .await
+        .unwrap();
+    assert!(d.allowed, "{d:?}");
+    let d = tools
+        .evaluate(&read_token, "git_push", &json!({"force": true}))
+        .await
+        .unwrap();
+    assert!(!d.allowed);
+    assert_eq!(
+        (d.reason.as_str(), d.policies.as_slice()),
+        ("policy_forbids", ["no-force-push".to_owned()].as_slice())
+    );
+    let req = http::Request::get("/mcp")
+        .header("authorization", format!("Bearer {write_token}"))
+        .body(())
+        .unwrap();
+    assert!(
+        tools
+            .evaluate_request(&req, "git_status", &json!({}))
+            .await
+            .unwrap()
+            .allowed
+    );
+    let bare = http::Request::get("/mcp").body(()).unwrap();
+    assert!(
+        tools
+            .evaluate_request(&bare, "git_status", &json!({}))
+            .await
+            .is_err()
+    );
+
     // A completed task's token: "no", whatever the tool.
     agent
         .complete_task(pb::CompleteTaskRequest {

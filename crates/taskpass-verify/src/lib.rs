@@ -44,6 +44,8 @@ mod live;
 pub mod middleware;
 #[cfg(feature = "status-list")]
 mod status_list;
+#[cfg(feature = "status-list")]
+mod tools;
 mod verifier;
 
 pub use dpop::{
@@ -61,6 +63,8 @@ pub use live::{
 pub use status_list::{
     MAX_STATUS_LIST_BYTES, MAX_STATUS_LIST_TOKEN_BYTES, StatusList, StatusListConfig,
 };
+#[cfg(feature = "status-list")]
+pub use tools::{ToolAuthorizer, ToolDecision};
 pub use verifier::{
     DEFAULT_LEEWAY_SECS, DEFAULT_MAX_LIFETIME_SECS, Holder, MAX_TOKEN_BYTES, VerifiedToken,
     Verifier,

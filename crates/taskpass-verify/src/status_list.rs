@@ -326,6 +326,15 @@ impl Drop for ListsHandle {
 }
 
 fn https_client(ca_pem: Option<&str>) -> Result<HttpsClient, VerifyError> {
+    Ok(Client::builder(TokioExecutor::new()).build(connector(ca_pem, None)?))
+}
+
+/// An HTTPS-only connector trusting `ca_pem` (else the system roots), presenting `identity`
+/// (certificate PEM, key PEM) when given.
+pub(crate) fn connector(
+    ca_pem: Option<&str>,
+    identity: Option<(&str, &str)>,
+) -> Result<HttpsConnector<HttpConnector>, VerifyError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
@@ -350,17 +359,31 @@ fn https_client(ca_pem: Option<&str>) -> Result<HttpsClient, VerifyError> {
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| VerifyError::Unavailable(format!("cannot configure TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = HttpsConnectorBuilder::new()
+        .with_root_certificates(roots);
+    let tls = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            use rustls_pki_types::PrivateKeyDer;
+            let bad = |what: &str| {
+                VerifyError::Unavailable(format!("the client {what} is not valid PEM"))
+            };
+            let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| bad("certificate"))?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|_| bad("key"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| VerifyError::Unavailable(format!("the client credential: {e}")))?
+        }
+    };
+    Ok(HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .enable_http1()
-        .build();
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
+        .build())
 }
 
 /// The list number in `uri` if it is one of `issuer`'s lists, spelled canonically.
