@@ -195,3 +195,56 @@ async def test_the_client_certificate_attests(broker, tmp_path):
     await v.aclose()
     with pytest.raises(ValueError):
         taskpass.AsyncClient(broker.url, None, ca=broker.ca)
+
+
+async def test_a_task_waits_for_a_humans_approval(broker, tmp_path):
+    """A task asking for an approval scope comes back pending; with ``approval_timeout`` the
+    client waits for an approver (here the real CLI, as the built-in approver role) and gets
+    the open task, whose tokens carry ``approved_by``; a denied one raises."""
+    subject = "py-approvals"
+    broker.cli("agent", "register", "py-payer", "--owner", "team-py", "--purpose", "pytest",
+               "--oidc", f"https://platform.test={subject}", "--audience", API,
+               "--scope", "read", "--scope", "payments:write", "--approval-scope", "payments:write")
+    broker.cli("operator", "issue", "py-approver", "--role", "approver", "--out", str(tmp_path))
+
+    def as_approver(*args: str) -> dict:
+        return broker.cli("--cert", str(tmp_path / "py-approver.pem"),
+                          "--key", str(tmp_path / "py-approver-key.pem"), *args)
+
+    async def answer(approve: bool) -> None:
+        for _ in range(100):
+            pending = as_approver("approval", "list")
+            if pending:
+                if approve:
+                    as_approver("approval", "approve", pending[0]["approval_id"])
+                else:
+                    as_approver("approval", "deny", pending[0]["approval_id"], "--reason", "no")
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("no approval appeared")
+
+    verifier = taskpass.AsyncVerifier(broker.url, API, ca=broker.ca)
+    async with taskpass.AsyncClient(broker.url, lambda: broker.attestation(subject), ca=broker.ca) as client:
+        # Without waiting: the task is returned pending, and gets no token.
+        pending = await client.start_task(purpose="pay", audiences=[API], scopes=["payments:write"])
+        assert pending.info.state == "pending_approval"
+        assert pending.info.approval_id.startswith("appr_")
+        assert "payments:write" in pending.info.approval_why
+        with pytest.raises(taskpass.TaskpassError):
+            await pending.token(API)
+        as_approver("approval", "deny", pending.info.approval_id, "--reason", "not this one")
+
+        approver = asyncio.create_task(answer(True))
+        async with client.task(purpose="pay", audiences=[API], scopes=["payments:write"],
+                               approval_timeout=20) as task:
+            await approver
+            assert task.info.state == "open"
+            assert task.info.approved_by.endswith("/operator/approver/py-approver")
+            claims = await verifier.verify(await task.token(API))
+            assert claims.scopes == ("payments:write",)
+
+        denier = asyncio.create_task(answer(False))
+        with pytest.raises(taskpass.FailedPrecondition, match="denied"):
+            await client.start_task(purpose="pay", audiences=[API], scopes=["payments:write"],
+                                    approval_timeout=20)
+        await denier

@@ -20,7 +20,14 @@ export interface TaskOptions {
   audiences: string[];
   scopes?: string[];
   maxDurationSeconds?: number;
+  /** A task that needs a human's approval comes back `pending_approval`; with this, wait up
+   * to so many milliseconds for the answer: the open task, or a `FAILED_PRECONDITION` error
+   * when it was denied or the wait ran out. */
+  approvalTimeoutMs?: number;
 }
+
+/** How often a task waiting for approval is asked about, milliseconds. */
+export const APPROVAL_POLL_MS = 1000;
 
 export interface TaskInfo {
   task_id: string;
@@ -32,6 +39,12 @@ export interface TaskInfo {
   created_at: number;
   expires_at: number;
   implicit: boolean;
+  /** Set while the task waits for a human's approval. */
+  approval_id?: string;
+  /** Why it needs (or needed) approval. */
+  approval_why?: string;
+  /** The approver, once approved. */
+  approved_by?: string;
 }
 
 export interface Token {
@@ -119,7 +132,25 @@ export class Taskpass {
       scopes: opts.scopes ?? [],
       max_duration_seconds: opts.maxDurationSeconds ?? 0,
     });
-    return new Task(this, body as unknown as TaskInfo);
+    const task = new Task(this, body as unknown as TaskInfo);
+    if (opts.approvalTimeoutMs !== undefined && task.info.state === "pending_approval") {
+      const deadline = Date.now() + opts.approvalTimeoutMs;
+      while (task.info.state === "pending_approval") {
+        const left = deadline - Date.now();
+        if (left <= 0) {
+          throw new TaskpassError(
+            `task ${task.id} still waits for approval ${task.info.approval_id ?? ""} after ${opts.approvalTimeoutMs} ms`,
+            "FAILED_PRECONDITION",
+          );
+        }
+        await new Promise((r) => setTimeout(r, Math.min(APPROVAL_POLL_MS, left)));
+        await task.refresh();
+      }
+      if (task.info.state !== "open") {
+        throw new TaskpassError(`task ${task.id} is ${task.info.state}: it was not approved`, "FAILED_PRECONDITION");
+      }
+    }
+    return task;
   }
 
   /** Runs `fn` inside a task and completes it afterwards, recording a failure when `fn`

@@ -2,6 +2,9 @@
 // recorded when the body threw), `await using`, token caching and refresh, errors, the
 // verifier with the status lists, oauth4webapi driving the token endpoint.
 import assert from "node:assert/strict";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, test } from "node:test";
 import * as oauth from "oauth4webapi";
 import { InvalidTokenError, Taskpass, TaskpassError, Verifier, isFresh } from "../src/index.js";
@@ -190,4 +193,47 @@ test("fetchFor sends the token to the resource's origin only", async () => {
   assert.deepEqual(task.toJSON(), before);
   await task.complete();
   await assert.rejects(task.token(API), (e: unknown) => e instanceof TaskpassError && e.code === "FAILED_PRECONDITION");
+});
+
+test("a task waits for a human's approval with approvalTimeoutMs", async () => {
+  const a = fresh("ts-pay");
+  broker.cli(
+    "agent", "register", a.name, "--owner", "team-ts", "--purpose", "node --test",
+    "--oidc", `https://platform.test=${a.subject}`, "--audience", API,
+    "--scope", "payments:write", "--approval-scope", "payments:write",
+  );
+  const creds = mkdtempSync(join(tmpdir(), "ts-approver-"));
+  const approver = `ts-approver-${a.name.slice(-6)}`;
+  broker.cli("operator", "issue", approver, "--role", "approver", "--out", creds);
+  const asApprover = (...args: string[]) =>
+    broker.cli("--cert", join(creds, `${approver}.pem`), "--key", join(creds, `${approver}-key.pem`), ...args);
+  const tp = new Taskpass({ url: broker.url, ca: broker.caPem, attestation: () => broker.attestation(a.subject) });
+
+  const pending = await tp.startTask({ purpose: "pay", audiences: [API], scopes: ["payments:write"] });
+  assert.equal(pending.info.state, "pending_approval");
+  assert.match(pending.info.approval_id ?? "", /^appr_/);
+  await assert.rejects(pending.token(API), TaskpassError);
+  asApprover("approval", "deny", pending.info.approval_id ?? "", "--reason", "not this one");
+
+  const answer = (async () => {
+    for (let i = 0; i < 100; i++) {
+      const list = asApprover("approval", "list") as { approval_id: string; agent_name: string }[];
+      const mine = list.find((x) => x.agent_name === a.name);
+      if (mine) {
+        asApprover("approval", "approve", mine.approval_id);
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error("no approval appeared");
+  })();
+  await tp.withTask(
+    { purpose: "pay", audiences: [API], scopes: ["payments:write"], approvalTimeoutMs: 20_000 },
+    async (task) => {
+      assert.equal(task.info.state, "open");
+      assert.match(task.info.approved_by ?? "", /\/operator\/approver\//);
+      assert.ok((await task.token(API)).length > 0);
+    },
+  );
+  await answer;
 });

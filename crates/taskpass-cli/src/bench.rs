@@ -70,6 +70,11 @@ pub struct BenchArgs {
     /// IssueToken in the same run.
     #[arg(long)]
     pub oauth: bool,
+    /// Instead of the IssueToken benchmarks, measure what Cedar costs: decisions against 100
+    /// policies for 1,000 agents (p50, p99), then IssueToken against a broker without
+    /// policies and one with them, alternating (at least 2 rounds), as a ratio.
+    #[arg(long)]
+    pub policies: bool,
     /// With --oauth: also measure node oidc-provider doing client_credentials on this machine,
     /// from this directory (`bench/oidc-provider`; its npm packages are installed if missing).
     #[arg(long, value_name = "DIR")]
@@ -413,6 +418,9 @@ pub async fn run(args: BenchArgs, output: Output) -> anyhow::Result<()> {
     }
     if args.oauth {
         return crate::bench_oauth::run(&args, output).await;
+    }
+    if args.policies {
+        return crate::bench_policy::run(&args, output).await;
     }
     if args.soak > 0 {
         return crate::soak::run(args.soak, args.soak_rate, args.concurrency, output).await;

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_oauth;
+mod bench_policy;
 mod bench_validators;
 mod commands;
 mod conn;

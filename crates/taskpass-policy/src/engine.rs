@@ -55,11 +55,14 @@ pub struct PolicyError(pub Vec<String>);
 /// A compiled, strictly validated policy set and the schema it was validated against.
 pub struct PolicyEngine {
     schema: Schema,
-    set: PolicySet,
+    index: crate::index::Index,
+    /// The whole set, as validated: what the slices are checked against in tests.
+    whole: PolicySet,
     ids: Vec<String>,
     approval: HashSet<PolicyId>,
     types: Types,
     authorizer: Authorizer,
+    memo: std::sync::Mutex<Memo>,
 }
 
 impl fmt::Debug for PolicyEngine {
@@ -160,13 +163,16 @@ impl PolicyEngine {
         if !problems.is_empty() {
             return Err(PolicyError(problems));
         }
+        let index = crate::index::Index::build(set.policies()).map_err(|e| PolicyError(vec![e]))?;
         Ok(Self {
             schema,
-            set,
+            index,
+            whole: set,
             ids,
             approval,
             types: Types::new(),
             authorizer: Authorizer::new(),
+            memo: std::sync::Mutex::new(Memo::default()),
         })
     }
 
@@ -189,6 +195,35 @@ impl PolicyEngine {
         }
     }
 
+    /// Cedar's plain answer for one resource over the whole set, without the slices: allow or
+    /// deny and the deciding policies. For tests that hold the slices to it.
+    #[doc(hidden)]
+    pub fn decide_unsliced(&self, q: &PolicyQuery<'_>) -> Result<Vec<(bool, Vec<String>)>, String> {
+        let (entities, resources) = self.types.entities(q.agent, q.context.user, q.resources)?;
+        let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+        let context = self
+            .types
+            .context(&q.context, q.action == PolicyAction::CallTool)?;
+        let mut out = Vec::new();
+        for uid in resources {
+            let request = Request::new(
+                self.types.agent_uid(q.agent),
+                self.types.action(q.action.as_str()),
+                uid,
+                context.clone(),
+                None,
+            )
+            .map_err(|e| e.to_string())?;
+            let r = self
+                .authorizer
+                .is_authorized(&request, &self.whole, &entities);
+            let mut ids: Vec<String> = r.diagnostics().reason().map(ToString::to_string).collect();
+            ids.sort_unstable();
+            out.push((r.decision() == CedarDecision::Allow, ids));
+        }
+        Ok(out)
+    }
+
     fn evaluate_query(&self, q: &PolicyQuery<'_>) -> Result<Verdict, String> {
         let tool_call = q.action == PolicyAction::CallTool;
         let (entities, resources) = self.types.entities(q.agent, q.context.user, q.resources)?;
@@ -205,73 +240,104 @@ impl PolicyEngine {
                 message: format!("{} names no resource", q.action.as_str()),
             });
         }
-        for (uid, r) in resources.into_iter().zip(q.resources) {
+        let mut principals = vec![principal.clone()];
+        if !q.agent.tenant.is_empty() {
+            principals.push(self.types.tenant_uid(&q.agent.tenant));
+        }
+        // The request-level policies answer alike for every resource: asked once, with the
+        // first resource standing for all.
+        let mut request_level = Outcome::default();
+        if let (Some(slice), Some(first)) = (
+            self.index.request_slice(q.action.as_str()),
+            resources.first(),
+        ) {
             let request = Request::new(
                 principal.clone(),
                 action.clone(),
-                uid,
+                first.clone(),
                 context.clone(),
                 None,
             )
             .map_err(|e| e.to_string())?;
-            let response = self
-                .authorizer
-                .is_authorized(&request, &self.set, &entities);
-            let d = response.diagnostics();
-            let mut reason: Vec<String> = d.reason().map(ToString::to_string).collect();
-            reason.sort_unstable();
-            let errors: Vec<String> = d.errors().map(one_line).collect();
-            let what = format!(
-                "{} of {} by agent {}",
-                q.action.as_str(),
-                Self::describe(r),
-                q.agent.name
-            );
+            for set in slice.sets(&principals, &[]) {
+                request_level.add(&self.authorizer.is_authorized(&request, set, &entities));
+            }
+        }
+        for (uid, r) in resources.into_iter().zip(q.resources) {
+            let (ty, parent) = match r {
+                PolicyResource::Audience(_) => ("Audience", None),
+                PolicyResource::Scope(_) => ("Scope", None),
+                PolicyResource::Tool { audience, .. } => {
+                    ("Tool", Some(self.types.audience_uid(audience)))
+                }
+                _ => return Err("a resource of a kind this schema does not know".into()),
+            };
+            let what = || {
+                format!(
+                    "{} of {} by agent {}",
+                    q.action.as_str(),
+                    Self::describe(r),
+                    q.agent.name
+                )
+            };
+            let mut out = request_level.clone();
+            if let Some(slice) = self.index.slice(q.action.as_str(), ty) {
+                let mut scope = vec![uid.clone()];
+                scope.extend(parent);
+                let request = Request::new(
+                    principal.clone(),
+                    action.clone(),
+                    uid,
+                    context.clone(),
+                    None,
+                )
+                .map_err(|e| e.to_string())?;
+                for set in slice.sets(&principals, &scope) {
+                    out.add(&self.authorizer.is_authorized(&request, set, &entities));
+                }
+            }
+            let Outcome {
+                mut forbids,
+                permits,
+                errors,
+                mut failed,
+            } = out;
             if !errors.is_empty() {
                 // Cedar skips a policy that fails to evaluate: a forbid that errs would not
                 // forbid. Fail closed instead.
-                let mut failed: Vec<String> = d
-                    .errors()
-                    .map(|e| match e {
-                        cedar_policy::AuthorizationError::PolicyEvaluationError(p) => {
-                            p.policy_id().to_string()
-                        }
-                    })
-                    .collect();
                 failed.sort_unstable();
                 failed.dedup();
                 return Ok(Verdict::Deny {
                     rule: "policy_error",
                     message: format!(
-                        "{what} is refused: a policy could not be evaluated ({})",
+                        "{} is refused: a policy could not be evaluated ({})",
+                        what(),
                         errors.join("; ")
                     ),
                     policies: failed,
                 });
             }
-            match response.decision() {
-                CedarDecision::Deny if reason.is_empty() => {
-                    return Ok(Verdict::Deny {
-                        rule: "no_policy_permits",
-                        policies: Vec::new(),
-                        message: format!("no policy permits {what}"),
-                    });
+            if !forbids.is_empty() {
+                forbids.sort_unstable();
+                forbids.dedup();
+                return Ok(Verdict::Deny {
+                    rule: "policy_forbids",
+                    message: format!("{} is forbidden by policy", what()),
+                    policies: forbids,
+                });
+            }
+            if permits.is_empty() {
+                return Ok(Verdict::Deny {
+                    rule: "no_policy_permits",
+                    policies: Vec::new(),
+                    message: format!("no policy permits {}", what()),
+                });
+            }
+            for id in permits {
+                if self.approval.contains(&PolicyId::new(&id)) {
+                    asks.push(id.clone());
                 }
-                CedarDecision::Deny => {
-                    return Ok(Verdict::Deny {
-                        rule: "policy_forbids",
-                        message: format!("{what} is forbidden by policy"),
-                        policies: reason,
-                    });
-                }
-                CedarDecision::Allow => {
-                    for id in reason {
-                        if self.approval.contains(&PolicyId::new(&id)) {
-                            asks.push(id.clone());
-                        }
-                        permitted.push(id);
-                    }
-                }
+                permitted.push(id);
             }
         }
         permitted.sort_unstable();
@@ -288,8 +354,137 @@ impl PolicyEngine {
     }
 }
 
+/// What Cedar said over some slices of one request: the satisfied forbids and permits, and
+/// the policies that failed to evaluate.
+#[derive(Debug, Default, Clone)]
+struct Outcome {
+    forbids: Vec<String>,
+    permits: Vec<String>,
+    errors: Vec<String>,
+    failed: Vec<String>,
+}
+
+impl Outcome {
+    fn add(&mut self, response: &cedar_policy::Response) {
+        let d = response.diagnostics();
+        for e in d.errors() {
+            self.errors.push(one_line(e));
+            let cedar_policy::AuthorizationError::PolicyEvaluationError(p) = e;
+            self.failed.push(p.policy_id().to_string());
+        }
+        let reason = d.reason().map(ToString::to_string);
+        match response.decision() {
+            CedarDecision::Deny => self.forbids.extend(reason),
+            CedarDecision::Allow => self.permits.extend(reason),
+        }
+    }
+}
+
+/// The most verdicts remembered within one second.
+const MEMO_ENTRIES: usize = 4096;
+
+/// Verdicts of this second, by their whole query. A decision is a pure function of the
+/// query, whose finest-grained input is the time in seconds: within one second the same query
+/// gets the same verdict, so it is computed once (an agent asking for many tokens of one task
+/// at once pays for one evaluation). Cleared when the second changes; bounded, and not
+/// filled past its bound.
+#[derive(Debug, Default)]
+struct Memo {
+    second: i64,
+    verdicts: std::collections::HashMap<String, Verdict>,
+}
+
+/// Every input of a query, length-prefixed: two queries have equal keys only when equal.
+fn memo_key(q: &PolicyQuery<'_>) -> String {
+    use std::fmt::Write as _;
+    let mut k = String::with_capacity(256);
+    let mut put = |v: &str| {
+        let _ = write!(k, "{}:{v}", v.len());
+    };
+    let a = q.agent;
+    put(q.action.as_str());
+    for v in [
+        a.id.as_str(),
+        a.name.as_str(),
+        &a.owner,
+        &a.tenant,
+        &a.environment,
+        &a.purpose,
+    ] {
+        put(v);
+    }
+    for r in q.resources {
+        match r {
+            PolicyResource::Audience(x) => {
+                put("a");
+                put(x.as_str());
+            }
+            PolicyResource::Scope(x) => {
+                put("s");
+                put(x.as_str());
+            }
+            PolicyResource::Tool { name, audience } => {
+                put("t");
+                put(name);
+                put(audience.as_str());
+            }
+            _ => put("?"),
+        }
+    }
+    let c = &q.context;
+    put(c.purpose);
+    put(&c.scopes.to_claim());
+    for x in c.audiences {
+        put(x.as_str());
+    }
+    put(&c.ttl_seconds.to_string());
+    put(if c.approved { "1" } else { "0" });
+    if let Some(u) = c.user {
+        put(&u.subject);
+        put(&u.tenant);
+        for g in &u.groups {
+            put(g);
+        }
+    } else {
+        put("-");
+    }
+    if let Some(args) = c.arguments {
+        put(&crate::entities::sorted_json(args));
+    }
+    k
+}
+
 impl Policies for PolicyEngine {
     fn evaluate(&self, q: &PolicyQuery<'_>) -> Verdict {
+        let key = memo_key(q);
+        {
+            let mut memo = self
+                .memo
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if memo.second != q.context.now {
+                memo.second = q.context.now;
+                memo.verdicts.clear();
+            }
+            if let Some(v) = memo.verdicts.get(&key) {
+                return v.clone();
+            }
+        }
+        let verdict = self.evaluate_fresh(q);
+        let mut memo = self
+            .memo
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if memo.second == q.context.now && memo.verdicts.len() < MEMO_ENTRIES {
+            memo.verdicts.insert(key, verdict.clone());
+        }
+        verdict
+    }
+}
+
+impl PolicyEngine {
+    /// A verdict computed now, never remembered.
+    pub fn evaluate_fresh(&self, q: &PolicyQuery<'_>) -> Verdict {
         self.evaluate_query(q).unwrap_or_else(|e| Verdict::Deny {
             rule: "policy_error",
             policies: Vec::new(),

@@ -56,6 +56,14 @@ impl Types {
         Self::uid(&self.agent, a.id.as_str())
     }
 
+    pub(crate) fn tenant_uid(&self, tenant: &str) -> EntityUid {
+        Self::uid(&self.tenant, tenant)
+    }
+
+    pub(crate) fn audience_uid(&self, a: &Audience) -> EntityUid {
+        Self::uid(&self.audience, a.as_str())
+    }
+
     fn tenant_parent(&self, tenant: &str) -> HashSet<EntityUid> {
         if tenant.is_empty() {
             HashSet::new()

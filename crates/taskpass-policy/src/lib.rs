@@ -15,5 +15,6 @@
 
 mod engine;
 mod entities;
+mod index;
 
 pub use engine::{PolicyEngine, PolicyError, PolicySource, schema_text};

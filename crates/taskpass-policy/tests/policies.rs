@@ -311,3 +311,94 @@ fn the_schema_is_the_contract() {
         assert!(s.contains(name), "{name}");
     }
 }
+
+/// The engine evaluates each request against the slices of the set its scope can match;
+/// over many agents, tenants, resources and policy shapes its answers are Cedar's over the
+/// whole set.
+#[test]
+fn the_slices_answer_as_the_whole_set() {
+    use taskpass_core::{PolicyAction, PolicyContext, PolicyQuery, PolicyResource, Verdict};
+    let mut text = String::from(
+        "@id(\"base\") permit (principal, action, resource);\n\
+         @id(\"blind\") forbid (principal, action == Taskpass::Action::\"IssueToken\", resource) when { principal.environment == \"x\" && context.ttl_seconds > 100 };\n\
+         @id(\"reads\") forbid (principal, action, resource) when { resource == Taskpass::Scope::\"read\" && principal.name == \"a-3\" };\n",
+    );
+    for i in 0..6 {
+        text.push_str(&format!(
+            "@id(\"p{i}\") forbid (principal == Taskpass::Agent::\"spiffe://example.org/agent/a-{i}\", action, resource is Taskpass::Scope) when {{ resource.name like \"*:delete\" }};\n\
+             @id(\"t{i}\") forbid (principal in Taskpass::Tenant::\"t-{i}\", action in [Taskpass::Action::\"StartTask\", Taskpass::Action::\"IssueToken\"], resource is Taskpass::Audience) unless {{ resource.url like \"https://*.t-{i}.example\" }};\n\
+             @id(\"s{i}\") forbid (principal, action == Taskpass::Action::\"IssueToken\", resource == Taskpass::Scope::\"s-{i}:write\");\n\
+             @id(\"k{i}\") forbid (principal, action == Taskpass::Action::\"CallTool\", resource in Taskpass::Audience::\"https://api.t-{i}.example\") when {{ context.arguments like \"*force*\" }};\n\
+             @id(\"x{i}\") forbid (principal is Taskpass::Agent in Taskpass::Tenant::\"t-{i}\", action == Taskpass::Action::\"CallTool\", resource == Taskpass::Tool::\"drop-{i}\");\n"
+        ));
+    }
+    let e = engine(&[("slices.cedar", &text)]);
+    let args = serde_json::json!({"force": true});
+    let none = serde_json::json!({});
+    let mut checked = 0;
+    for ai in 0..12 {
+        let mut a = agent(
+            &format!("a-{ai}"),
+            &format!("t-{}", ai % 7),
+            if ai % 2 == 0 { "x" } else { "" },
+        );
+        if ai == 11 {
+            a.tenant = String::new();
+        }
+        for aud in 0..7 {
+            let audience = Audience::parse(&format!("https://api.t-{aud}.example")).unwrap();
+            let scopes =
+                ScopeSet::parse(&["repo:delete", &format!("s-{aud}:write"), "read"]).unwrap();
+            for action in [
+                PolicyAction::StartTask,
+                PolicyAction::IssueToken,
+                PolicyAction::CallTool,
+            ] {
+                let tools = [format!("drop-{aud}"), "status".to_owned()];
+                let mut resources: Vec<PolicyResource<'_>> = Vec::new();
+                if action == PolicyAction::CallTool {
+                    for t in &tools {
+                        resources.push(PolicyResource::Tool {
+                            name: t,
+                            audience: &audience,
+                        });
+                    }
+                } else {
+                    resources.push(PolicyResource::Audience(&audience));
+                    resources.extend(scopes.iter().map(PolicyResource::Scope));
+                }
+                for arguments in [&args, &none] {
+                    for r in &resources {
+                        let one = [*r];
+                        let q = PolicyQuery {
+                            agent: &a,
+                            action,
+                            resources: &one,
+                            context: PolicyContext {
+                                purpose: "p",
+                                scopes: &scopes,
+                                audiences: std::slice::from_ref(&audience),
+                                ttl_seconds: 300,
+                                user: None,
+                                now: WED_10,
+                                approved: false,
+                                arguments: Some(arguments),
+                            },
+                        };
+                        let whole = &e.decide_unsliced(&q).unwrap()[0];
+                        let sliced = e.evaluate(&q);
+                        match (&sliced, whole) {
+                            (Verdict::Allow { policies }, (true, ids)) => assert_eq!(policies, ids),
+                            (Verdict::Deny { policies, .. }, (false, ids)) => {
+                                assert_eq!(policies, ids)
+                            }
+                            other => panic!("{q:?}: {other:?}"),
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 1000, "{checked}");
+}

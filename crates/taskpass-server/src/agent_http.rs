@@ -392,6 +392,8 @@ fn task_json(t: &pb::Task) -> Value {
         "expires_at": t.expires_at,
         "on_behalf_of": t.on_behalf_of,
         "approval_id": t.approval_id,
+        "approval_why": t.approval_why,
+        "approved_by": t.approved_by,
         "implicit": t.implicit,
     })
 }

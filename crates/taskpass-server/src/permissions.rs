@@ -146,6 +146,45 @@ mod tests {
         assert_eq!(methods, table);
     }
 
+    /// What each built-in role may call, RPC by RPC: each is refused what it lacks.
+    #[test]
+    fn each_role_is_refused_what_it_lacks() {
+        use taskpass_core::{RoleName, Roles};
+        let roles = Roles::builtin();
+        let may = |role: &str| {
+            let p = roles.permissions(&RoleName::parse(role).unwrap());
+            ADMIN_RPCS
+                .iter()
+                .filter(|(_, need)| p.contains(*need))
+                .map(|(rpc, _)| *rpc)
+                .collect::<Vec<_>>()
+        };
+        let admin = may("admin");
+        assert_eq!(admin.len(), ADMIN_RPCS.len() - 1);
+        assert!(!admin.contains(&"DecideApproval"));
+        let auditor = may("auditor");
+        assert!(
+            auditor.iter().all(|r| r.starts_with("List")
+                || r.starts_with("Get")
+                || *r == "TailAudit"
+                || *r == "VerifyAudit"),
+            "{auditor:?}"
+        );
+        assert!(auditor.contains(&"TailAudit") && !auditor.contains(&"ApplyPolicies"));
+        let approver = may("approver");
+        assert!(approver.contains(&"DecideApproval") && approver.contains(&"ListApprovals"));
+        for never in [
+            "RegisterAgent",
+            "RevokeToken",
+            "TailAudit",
+            "ApplyPolicies",
+            "IssueOperatorCertificate",
+        ] {
+            assert!(!approver.contains(&never), "{never}");
+        }
+        assert!(may("nobody").is_empty(), "an unknown role grants nothing");
+    }
+
     #[test]
     fn unknown_rpc_has_none() {
         assert_eq!(permission_of("DropDatabase"), None);

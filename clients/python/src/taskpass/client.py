@@ -40,6 +40,15 @@ log = logging.getLogger("taskpass")
 REFRESH_FRACTION = 0.25
 #: ...or less than this many seconds, whichever comes first.
 REFRESH_MARGIN_SECONDS = 30.0
+#: How often a task waiting for approval is asked about.
+APPROVAL_POLL_SECONDS = 1.0
+
+
+def _require_open(info: "TaskInfo") -> None:
+    if info.state != "open":
+        raise FailedPrecondition(
+            f"task {info.task_id} is {info.state} (approval {info.approval_id or 'answered'}): it was not approved"
+        )
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,12 @@ class TaskInfo:
     created_at: int
     expires_at: int
     implicit: bool = False
+    #: Set while the task waits for a human's approval.
+    approval_id: str = ""
+    #: Why it needs (or needed) approval.
+    approval_why: str = ""
+    #: The approver, once approved.
+    approved_by: str = ""
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "TaskInfo":
@@ -96,6 +111,9 @@ class TaskInfo:
             created_at=int(d["created_at"]),
             expires_at=int(d["expires_at"]),
             implicit=bool(d.get("implicit", False)),
+            approval_id=str(d.get("approval_id", "")),
+            approval_why=str(d.get("approval_why", "")),
+            approved_by=str(d.get("approved_by", "")),
         )
 
 
@@ -231,8 +249,13 @@ class AsyncClient(_Base):
         audiences: Sequence[str],
         scopes: Sequence[str] = (),
         max_duration_seconds: int = 0,
+        approval_timeout: float | None = None,
     ) -> "AsyncTask":
-        """Opens a task; complete it with :meth:`AsyncTask.complete` (or use :meth:`task`)."""
+        """Opens a task; complete it with :meth:`AsyncTask.complete` (or use :meth:`task`).
+
+        A task that needs a human's approval comes back ``pending_approval``; with
+        ``approval_timeout`` (seconds) this waits for the answer and returns the open task,
+        or raises :class:`FailedPrecondition` when it was denied or the wait ran out."""
         body = await self._call(
             "POST",
             "/v1/tasks",
@@ -243,7 +266,18 @@ class AsyncClient(_Base):
                 "max_duration_seconds": max_duration_seconds,
             },
         )
-        return AsyncTask(self, TaskInfo.from_json(body))
+        task = AsyncTask(self, TaskInfo.from_json(body))
+        if approval_timeout is not None and task.info.state == "pending_approval":
+            deadline = time.monotonic() + approval_timeout
+            while task.info.state == "pending_approval":
+                if time.monotonic() >= deadline:
+                    raise FailedPrecondition(
+                        f"task {task.id} still waits for approval {task.info.approval_id} after {approval_timeout} s"
+                    )
+                await asyncio.sleep(min(APPROVAL_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+                await task.refresh()
+            _require_open(task.info)
+        return task
 
     def task(
         self,
@@ -252,6 +286,7 @@ class AsyncClient(_Base):
         audiences: Sequence[str],
         scopes: Sequence[str] = (),
         max_duration_seconds: int = 0,
+        approval_timeout: float | None = None,
     ) -> "_AsyncTaskScope":
         """``async with client.task(...) as task:`` opens a task and completes it on exit,
         recording a failure when the block raised."""
@@ -262,6 +297,7 @@ class AsyncClient(_Base):
                 audiences=audiences,
                 scopes=scopes,
                 max_duration_seconds=max_duration_seconds,
+                approval_timeout=approval_timeout,
             ),
         )
 
@@ -461,7 +497,9 @@ class Client(_Base):
         audiences: Sequence[str],
         scopes: Sequence[str] = (),
         max_duration_seconds: int = 0,
+        approval_timeout: float | None = None,
     ) -> "Task":
+        """As :meth:`AsyncClient.start_task`."""
         body = self._call(
             "POST",
             "/v1/tasks",
@@ -472,7 +510,18 @@ class Client(_Base):
                 "max_duration_seconds": max_duration_seconds,
             },
         )
-        return Task(self, TaskInfo.from_json(body))
+        task = Task(self, TaskInfo.from_json(body))
+        if approval_timeout is not None and task.info.state == "pending_approval":
+            deadline = time.monotonic() + approval_timeout
+            while task.info.state == "pending_approval":
+                if time.monotonic() >= deadline:
+                    raise FailedPrecondition(
+                        f"task {task.id} still waits for approval {task.info.approval_id} after {approval_timeout} s"
+                    )
+                time.sleep(min(APPROVAL_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+                task.refresh()
+            _require_open(task.info)
+        return task
 
     def task(
         self,
@@ -481,6 +530,7 @@ class Client(_Base):
         audiences: Sequence[str],
         scopes: Sequence[str] = (),
         max_duration_seconds: int = 0,
+        approval_timeout: float | None = None,
     ) -> "_TaskScope":
         return _TaskScope(
             self,
@@ -489,6 +539,7 @@ class Client(_Base):
                 audiences=audiences,
                 scopes=scopes,
                 max_duration_seconds=max_duration_seconds,
+                approval_timeout=approval_timeout,
             ),
         )
 
