@@ -69,6 +69,7 @@ fn known_agent(td: &TrustDomain) -> Agent {
         purpose: "deploys".into(),
         tenant: String::new(),
         environment: String::new(),
+        labels: Vec::new(),
         state: AgentState::Active,
         bindings: vec![Binding::Oidc {
             issuer: "https://issuer.fuzz".into(),
@@ -102,6 +103,7 @@ fn registered_agent(td: &TrustDomain, a: pb::Agent, limits: &Limits) -> Option<A
         purpose: a.purpose,
         tenant: a.tenant,
         environment: a.environment,
+        labels: taskpass_core::parse_labels(&a.labels).ok()?,
         state: AgentState::Active,
         bindings: a
             .oidc

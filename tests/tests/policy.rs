@@ -205,6 +205,33 @@ async fn policies_decide_on_top_of_the_allow_lists() {
             .is_ok()
     );
 
+    // Labels, for policies to match on: set with the CLI, validated.
+    let updated = ok_json(&taskpass(
+        &dir,
+        &[
+            "agent",
+            "update",
+            "prod-bot",
+            "--label",
+            "team=payments",
+            "--label",
+            "tier=gold",
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(
+        updated["labels"],
+        serde_json::json!(["team=payments", "tier=gold"])
+    );
+    let bad = taskpass(&dir, &["agent", "update", "prod-bot", "--label", "Team=x"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("label key"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
     // Who may: an auditor reads the set but may not apply one.
     let creds = tempfile::tempdir().unwrap();
     ok_json(&taskpass(

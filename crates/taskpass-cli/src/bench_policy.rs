@@ -70,6 +70,7 @@ fn agents() -> anyhow::Result<Vec<Agent>> {
                 purpose: "bench".into(),
                 tenant: format!("t-{}", i % 20),
                 environment: format!("env-{}", i % 19),
+                labels: Vec::new(),
                 state: AgentState::Active,
                 bindings: vec![Binding::Oidc {
                     issuer: "https://issuer.example".into(),

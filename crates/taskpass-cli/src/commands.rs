@@ -49,6 +49,7 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
             environment,
             review_days,
             approval_scopes,
+            labels,
         }) => {
             let agent = pb::Agent {
                 name,
@@ -66,6 +67,7 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
                 max_ttl_seconds: max_ttl.unwrap_or(0),
                 review_every_days: review_days,
                 approval_scopes,
+                labels,
                 ..Default::default()
             };
             let a = admin
@@ -94,6 +96,8 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
             review_days,
             approval_scopes,
             no_approval_scopes,
+            labels,
+            no_labels,
         }) => {
             let list = |v: Vec<String>| (!v.is_empty()).then_some(pb::StringList { values: v });
             let oidc = if no_oidc || !oidc.is_empty() {
@@ -129,6 +133,11 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<()> {
                     },
                     oidc,
                     x509,
+                    labels: if no_labels {
+                        Some(pb::StringList { values: vec![] })
+                    } else {
+                        list(labels)
+                    },
                 })
                 .await?
                 .into_inner()

@@ -141,6 +141,9 @@ pub enum AgentCmd {
         /// task waits as pending_approval until `taskpass approval approve`.
         #[arg(long = "approval-scope", value_name = "SCOPE")]
         approval_scopes: Vec<String>,
+        /// A label, KEY=VALUE (repeatable): policies match on it (principal.labels).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
     },
     /// Change an agent: each flag given replaces that field (a repeatable flag replaces the
     /// whole list); the rest stays. Audited with every change, before and after.
@@ -184,6 +187,12 @@ pub enum AgentCmd {
         /// Removes every approval scope.
         #[arg(long, conflicts_with = "approval_scopes")]
         no_approval_scopes: bool,
+        /// Replaces the labels, KEY=VALUE (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Removes every label.
+        #[arg(long, conflicts_with = "labels")]
+        no_labels: bool,
     },
     /// List agents.
     List,

@@ -80,6 +80,7 @@ pub fn agent(a: &pb::Agent) -> Value {
         "x509": a.x509,
         "audiences": a.audiences, "scopes": a.scopes, "max_ttl_seconds": a.max_ttl_seconds,
         "approval_scopes": a.approval_scopes, "review_every_days": a.review_every_days,
+        "labels": a.labels,
         "created_at": a.created_at, "updated_at": a.updated_at,
     })
 }

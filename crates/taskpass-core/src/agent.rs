@@ -102,6 +102,9 @@ pub struct Agent {
     pub tenant: String,
     /// The environment it runs in (may be empty).
     pub environment: String,
+    /// Labels, `key=value`, sorted, keys unique ([`parse_labels`]): what policies match on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
     /// Lifecycle state.
     pub state: AgentState,
     /// The identities that prove it.
@@ -121,5 +124,69 @@ impl Agent {
     /// True when `aud` is on the agent's audience allow-list.
     pub fn may_use_audience(&self, aud: &Audience) -> bool {
         self.allow.audiences.contains(aud)
+    }
+}
+
+/// The most labels an agent has.
+pub const MAX_LABELS: usize = 32;
+
+/// Agent labels as `key=value`: keys of 1 to 63 lowercase letters, digits, `.`, `_`, `-` and
+/// `/`, each key once; values of at most 128 bytes without control characters. Returned
+/// sorted by key.
+pub fn parse_labels<S: AsRef<str>>(raw: &[S]) -> Result<Vec<String>, String> {
+    if raw.len() > MAX_LABELS {
+        return Err(format!("at most {MAX_LABELS} labels"));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(raw.len());
+    for l in raw {
+        let l = l.as_ref();
+        let Some((k, v)) = l.split_once('=') else {
+            return Err(format!(
+                "label {:?} is not key=value",
+                crate::error::shown(l)
+            ));
+        };
+        let key_ok = !k.is_empty()
+            && k.len() <= 63
+            && k.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b));
+        if !key_ok {
+            return Err(format!(
+                "label key {:?}: use 1 to 63 lowercase letters, digits, '.', '_', '-' and '/'",
+                crate::error::shown(k)
+            ));
+        }
+        if v.len() > 128 || v.chars().any(char::is_control) {
+            return Err(format!(
+                "label {k}: the value must be at most 128 bytes without control characters"
+            ));
+        }
+        if out
+            .iter()
+            .any(|o| o.split_once('=').is_some_and(|(ok, _)| ok == k))
+        {
+            return Err(format!("label key {k} is given twice"));
+        }
+        out.push(l.to_owned());
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::parse_labels;
+
+    #[test]
+    fn labels() {
+        assert_eq!(
+            parse_labels(&["tier=gold", "app.kubernetes.io/name=bot"]).unwrap(),
+            ["app.kubernetes.io/name=bot", "tier=gold"]
+        );
+        for bad in ["tier", "=x", "Tier=x", "a b=c", "k=\u{7}"] {
+            assert!(parse_labels(&[bad]).is_err(), "{bad}");
+        }
+        assert!(parse_labels(&["k=1", "k=2"]).is_err());
+        assert!(parse_labels(&vec!["k=1"; 33]).is_err());
     }
 }

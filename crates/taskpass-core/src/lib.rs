@@ -19,6 +19,7 @@ mod clock;
 mod decision;
 mod error;
 mod ids;
+mod json;
 pub mod jwt;
 mod operator;
 mod policy;
@@ -29,7 +30,7 @@ mod scope;
 mod task;
 mod token;
 
-pub use agent::{Agent, AgentState, AllowList, Binding};
+pub use agent::{Agent, AgentState, AllowList, Binding, MAX_LABELS, parse_labels};
 pub use audit::{AuditEntry, AuditOutcome, ChainProblem, GENESIS_HASH, verify_chain};
 pub use certificate::{
     CertificateHolder, CertificateRecord, PrincipalKind, holder_key, is_canonical_serial,
@@ -42,6 +43,7 @@ pub use decision::{
 };
 pub use error::ParseError;
 pub use ids::{AgentId, AgentName, SpiffeId, TaskId, TokenId, TrustDomain};
+pub use json::canonical_json;
 pub use operator::{Operator, Permission, Permissions, RoleName, Roles};
 pub use policy::{
     DecisionContext, IssueGrant, IssueRequest, Limits, StartGrant, StartRequest, decide_issue,

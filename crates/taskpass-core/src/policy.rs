@@ -490,6 +490,7 @@ mod tests {
             purpose: "p".into(),
             tenant: String::new(),
             environment: String::new(),
+            labels: Vec::new(),
             state: AgentState::Active,
             bindings: vec![Binding::Oidc {
                 issuer: "i".into(),

@@ -413,6 +413,10 @@ fn memo_key(q: &PolicyQuery<'_>) -> String {
     ] {
         put(v);
     }
+    put(&a.labels.len().to_string());
+    for l in &a.labels {
+        put(l);
+    }
     for r in q.resources {
         match r {
             PolicyResource::Audience(x) => {
@@ -449,7 +453,7 @@ fn memo_key(q: &PolicyQuery<'_>) -> String {
         put("-");
     }
     if let Some(args) = c.arguments {
-        put(&crate::entities::sorted_json(args));
+        put(&taskpass_core::canonical_json(args));
     }
     k
 }

@@ -88,6 +88,10 @@ impl Types {
             ("tenant".to_owned(), s(&agent.tenant)),
             ("environment".to_owned(), s(&agent.environment)),
             ("purpose".to_owned(), s(&agent.purpose)),
+            (
+                "labels".to_owned(),
+                RestrictedExpression::new_set(agent.labels.iter().map(|l| s(l))),
+            ),
         ]);
         out.push(
             Entity::new(
@@ -228,7 +232,7 @@ impl Types {
         if tool_call {
             let args = c
                 .arguments
-                .map(sorted_json)
+                .map(taskpass_core::canonical_json)
                 .unwrap_or_else(|| "{}".to_owned());
             pairs.push((
                 "arguments".to_owned(),
@@ -239,61 +243,10 @@ impl Types {
     }
 }
 
-/// `v` as JSON with every object's members sorted by name, whatever order serde_json keeps
-/// (cedar-policy turns on its `preserve_order`), so that policies can match it with `like`.
-pub(crate) fn sorted_json(v: &serde_json::Value) -> String {
-    use serde_json::Value;
-    fn write(v: &Value, out: &mut String) {
-        match v {
-            Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort();
-                out.push('{');
-                for (i, k) in keys.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&Value::String(k.clone()).to_string());
-                    out.push(':');
-                    if let Some(v) = m.get(k) {
-                        write(v, out);
-                    }
-                }
-                out.push('}');
-            }
-            Value::Array(a) => {
-                out.push('[');
-                for (i, v) in a.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write(v, out);
-                }
-                out.push(']');
-            }
-            other => out.push_str(&other.to_string()),
-        }
-    }
-    let mut out = String::new();
-    write(v, &mut out);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn type_names_parse() {
         let _ = super::Types::new();
-    }
-
-    #[test]
-    fn arguments_are_written_sorted() {
-        let v: serde_json::Value =
-            serde_json::from_str(r#"{"b":1,"a":{"z":[{"y":2,"x":1}],"c":"d"}}"#)
-                .unwrap_or_default();
-        assert_eq!(
-            super::sorted_json(&v),
-            r#"{"a":{"c":"d","z":[{"x":1,"y":2}]},"b":1}"#
-        );
     }
 }

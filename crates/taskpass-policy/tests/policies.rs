@@ -27,6 +27,7 @@ fn agent(name: &str, tenant: &str, environment: &str) -> Agent {
         purpose: "p".into(),
         tenant: tenant.into(),
         environment: environment.into(),
+        labels: Vec::new(),
         state: AgentState::Active,
         bindings: vec![Binding::Oidc {
             issuer: "i".into(),
@@ -401,4 +402,23 @@ fn the_slices_answer_as_the_whole_set() {
         }
     }
     assert!(checked > 1000, "{checked}");
+}
+
+#[test]
+fn policies_match_agent_labels() {
+    let e = engine(&[
+        ("base.cedar", BASE),
+        (
+            "labels.cedar",
+            r#"@id("experimental-read-only") forbid (principal, action, resource is Taskpass::Scope)
+               when { principal.labels.contains("tier=experimental") && !(resource.name like "*:read") };"#,
+        ),
+    ]);
+    let mut a = agent("exp-bot", "", "");
+    a.labels = taskpass_core::parse_labels(&["tier=experimental"]).unwrap();
+    allowed(&start(&e, &a, &[ACME], &["repo:read"], WED_10));
+    let d = denied(start(&e, &a, &[ACME], &["payments:write"], WED_10));
+    assert_eq!(d.policies, ["experimental-read-only"]);
+    a.labels = taskpass_core::parse_labels(&["tier=gold"]).unwrap();
+    allowed(&start(&e, &a, &[ACME], &["payments:write"], WED_10));
 }

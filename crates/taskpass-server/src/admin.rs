@@ -44,6 +44,7 @@ pub(crate) fn agent_to_pb(a: &Agent) -> pb::Agent {
         purpose: a.purpose.clone(),
         tenant: a.tenant.clone(),
         environment: a.environment.clone(),
+        labels: a.labels.clone(),
         state: agent_state_pb(a.state).into(),
         oidc: a
             .bindings
@@ -180,6 +181,7 @@ impl Broker {
             purpose: text("purpose", &a.purpose, true)?,
             tenant: text("tenant", &a.tenant, false)?,
             environment: text("environment", &a.environment, false)?,
+            labels: taskpass_core::parse_labels(&a.labels).map_err(ApiError::InvalidArgument)?,
             state: AgentState::Active,
             bindings,
             allow: AllowList {
@@ -268,6 +270,9 @@ impl Broker {
         }
         if let Some(l) = req.x509 {
             a.x509 = l.values;
+        }
+        if let Some(l) = req.labels {
+            a.labels = l.values;
         }
         let now = self.now();
         let mut agent = self.parse_agent(a, now)?;

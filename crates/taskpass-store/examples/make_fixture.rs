@@ -26,6 +26,7 @@ async fn main() {
             purpose: "format fixture".into(),
             tenant: "t".into(),
             environment: "e".into(),
+            labels: Vec::new(),
             state: AgentState::Active,
             bindings: vec![
                 Binding::Oidc {

@@ -218,6 +218,7 @@ mod tests {
             purpose: "test".into(),
             tenant: String::new(),
             environment: String::new(),
+            labels: Vec::new(),
             state,
             bindings: vec![Binding::Oidc {
                 issuer: "https://idp".into(),

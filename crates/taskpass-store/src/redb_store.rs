@@ -1150,13 +1150,20 @@ fn changes(old: &Agent, new: &Agent) -> Result<String, StoreError> {
     };
     let (old, new) = (enc(old)?, enc(new)?);
     let mut out = Vec::new();
-    for (k, after) in &new {
+    let mut keys: Vec<&String> = new.keys().collect();
+    keys.sort();
+    for k in keys {
         if k == "updated_at" {
             continue;
         }
+        let after = &new[k];
         let before = old.get(k).unwrap_or(&serde_json::Value::Null);
         if before != after {
-            out.push(format!("{k}={before}->{after}"));
+            out.push(format!(
+                "{k}={}->{}",
+                taskpass_core::canonical_json(before),
+                taskpass_core::canonical_json(after)
+            ));
         }
     }
     Ok(if out.is_empty() {

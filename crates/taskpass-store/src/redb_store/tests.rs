@@ -16,6 +16,7 @@ fn agent(name: &str, subject: &str) -> Agent {
         purpose: "p".into(),
         tenant: String::new(),
         environment: String::new(),
+        labels: Vec::new(),
         state: AgentState::Active,
         bindings: vec![Binding::Oidc {
             issuer: "https://issuer".into(),
