@@ -714,7 +714,7 @@ async fn mtls_setup(
 }
 
 /// `connections` channels (presenting `identity` when given) and a long task opened with `att`.
-async fn channels_and_task(
+pub(crate) async fn channels_and_task(
     broker: &TestBroker,
     connections: usize,
     identity: Option<(&str, &str)>,

@@ -207,24 +207,9 @@ async fn broker(
             3600,
         ))),
     };
-    let mut channels = Vec::new();
-    for _ in 0..connections {
-        channels.push(crate::bench::connect(&broker.grpc_url, &broker.ca_pem, None).await?);
-    }
-    let task = pb::agent_service_client::AgentServiceClient::new(channels[0].clone())
-        .start_task(pb::StartTaskRequest {
-            attestation: Some(att.clone()),
-            purpose: "bench".into(),
-            audiences: vec!["https://api.example".into()],
-            scopes: vec!["read".into()],
-            max_duration_seconds: 86400,
-            subject_token: String::new(),
-        })
-        .await?
-        .into_inner()
-        .task
-        .context("no task")?;
-    Ok((broker, channels, task.task_id, att))
+    let (channels, task_id) =
+        crate::bench::channels_and_task(&broker, connections, None, &att).await?;
+    Ok((broker, channels, task_id, att))
 }
 
 fn median(runs: &[Run]) -> f64 {

@@ -230,6 +230,14 @@ where
         Err(e) => e.code(),
     };
     b.metrics().observe(rpc, code, start.elapsed());
+    if let Err(e) = &r {
+        span.in_scope(|| tracing::info!(code = ?code, error = %e, "http call failed"));
+    }
+    answer(r)
+}
+
+/// A call's JSON answer (200, `no-store`), or its error document.
+pub(crate) fn answer(r: Result<Value, ApiError>) -> Response {
     match r {
         Ok(v) => (
             StatusCode::OK,
@@ -240,10 +248,7 @@ where
             v.to_string(),
         )
             .into_response(),
-        Err(e) => {
-            span.in_scope(|| tracing::info!(code = ?code, error = %e, "http call failed"));
-            error_response(&e)
-        }
+        Err(e) => error_response(&e),
     }
 }
 
@@ -313,7 +318,7 @@ async fn read_body<B: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Resu
         .map_err(|e| ApiError::InvalidArgument(format!("the body is not the call's JSON: {e}")))
 }
 
-pub(crate) fn error_response(e: &ApiError) -> Response {
+fn error_response(e: &ApiError) -> Response {
     let message = match e {
         ApiError::Internal(detail) => {
             tracing::error!(detail = %detail, "internal error");

@@ -25,8 +25,8 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{Request, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::Request;
+use axum::response::Response;
 use axum::routing::post;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -279,18 +279,7 @@ where
         Err(e) => e.code(),
     };
     b.metrics().observe(rpc, code, start.elapsed());
-    match r {
-        Ok(v) => (
-            StatusCode::OK,
-            [
-                (header::CONTENT_TYPE, "application/json"),
-                (header::CACHE_CONTROL, "no-store"),
-            ],
-            v.to_string(),
-        )
-            .into_response(),
-        Err(e) => crate::agent_http::error_response(&e),
-    }
+    crate::agent_http::answer(r)
 }
 
 async fn evaluation(State(b): State<Arc<Broker>>, req: Request<Body>) -> Response {
