@@ -342,9 +342,18 @@ pub fn decide_issue(
             arguments: None,
         },
     };
+    // What the approver saw when the task started: the policies that asked for approval.
+    let approved_for = |policies: &[String]| {
+        task.approved_by.is_some()
+            && task
+                .approval
+                .as_ref()
+                .is_some_and(|a| policies.iter().all(|p| a.policies.contains(p)))
+    };
     match ask(ctx.policies, &q, grant.clone()) {
-        // The task was approved when it started: what it was approved for is granted.
-        Decision::NeedsApproval { policies, .. } if task.approved_by.is_some() => Decision::Allow {
+        // The task was approved, and for these policies: what it was approved for is granted.
+        // A policy that asks for approval of tokens the approver was never shown still asks.
+        Decision::NeedsApproval { policies, .. } if approved_for(&policies) => Decision::Allow {
             grant,
             reasons: std::iter::once("approved".to_owned())
                 .chain(policies.into_iter().map(|id| format!("policy:{id}")))

@@ -382,6 +382,8 @@ impl Outcome {
 
 /// The most verdicts remembered within one second.
 const MEMO_ENTRIES: usize = 4096;
+/// The longest query key remembered.
+const MEMO_KEY_BYTES: usize = 2048;
 
 /// Verdicts of this second, by their whole query. A decision is a pure function of the
 /// query, whose finest-grained input is the time in seconds: within one second the same query
@@ -479,7 +481,12 @@ impl Policies for PolicyEngine {
             .memo
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if memo.second == q.context.now && memo.verdicts.len() < MEMO_ENTRIES {
+        // Long keys (large tool arguments) are not kept: the memo stays within about
+        // MEMO_ENTRIES × MEMO_KEY_BYTES.
+        if memo.second == q.context.now
+            && memo.verdicts.len() < MEMO_ENTRIES
+            && key.len() <= MEMO_KEY_BYTES
+        {
             memo.verdicts.insert(key, verdict.clone());
         }
         verdict

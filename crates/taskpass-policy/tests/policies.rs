@@ -422,3 +422,74 @@ fn policies_match_agent_labels() {
     a.labels = taskpass_core::parse_labels(&["tier=gold"]).unwrap();
     allowed(&start(&e, &a, &[ACME], &["payments:write"], WED_10));
 }
+
+/// An approval covers what the approver was shown: a token rule asking for approval that the
+/// task's approval did not name still asks (and, since a token cannot wait, is refused).
+#[test]
+fn an_approval_covers_the_policies_it_was_asked_for() {
+    use taskpass_core::{Approval, IssueRequest, Task, TaskId, TaskState, decide_issue};
+    let e = engine(&[
+        ("base.cedar", BASE),
+        (
+            "long.cedar",
+            r#"@id("long-tokens") @approval("required")
+               permit (principal, action == Taskpass::Action::"IssueToken", resource) when { context.ttl_seconds > 600 };"#,
+        ),
+    ]);
+    let a = agent("bot", "", "");
+    let limits = Limits::default();
+    let ctx = DecisionContext {
+        now: WED_10,
+        limits: &limits,
+        policies: &e,
+    };
+    let mut task = Task {
+        id: TaskId::from_ulid(ulid::Ulid::from_parts(1, 1)),
+        agent: a.id.clone(),
+        state: TaskState::Open,
+        purpose: Purpose::parse("p").unwrap(),
+        audiences: Audience::parse_list(&[ACME]).unwrap(),
+        scopes: ScopeSet::parse(&["repo:read"]).unwrap(),
+        created_at: WED_10,
+        expires_at: WED_10 + 3600,
+        ended_at: None,
+        on_behalf_of: None,
+        approval_id: None,
+        approved_by: Some("spiffe://example.org/operator/approver/bob".into()),
+        user: None,
+        approval: Some(Approval {
+            id: "appr_01J0000000000000000000000A".into(),
+            why: "approval scope".into(),
+            policies: vec![],
+            requested_at: WED_10,
+            task_seconds: 3600,
+            decided_by: None,
+            decided_at: None,
+            reason: String::new(),
+        }),
+        implicit: false,
+    };
+    let ask = |ttl| IssueRequest {
+        audience: Audience::parse(ACME).unwrap(),
+        scopes: ScopeSet::default(),
+        ttl_seconds: ttl,
+    };
+    assert!(matches!(
+        decide_issue(&a, &task, &ask(300), &ctx),
+        Decision::Allow { .. }
+    ));
+    match decide_issue(&a, &task, &ask(900), &ctx) {
+        Decision::Deny(d) => {
+            assert_eq!(d.rule, "approval_required");
+            assert_eq!(d.policies, ["long-tokens"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    if let Some(ap) = task.approval.as_mut() {
+        ap.policies = vec!["long-tokens".into()];
+    }
+    assert!(matches!(
+        decide_issue(&a, &task, &ask(900), &ctx),
+        Decision::Allow { .. }
+    ));
+}

@@ -235,13 +235,28 @@ impl TaskWatch {
                 self.last = Some(shown.clone());
                 return Some(Ok(shown));
             }
+            // Wait for something about this task (or its agent), or the next poll: events
+            // about other tasks are skipped without reading the store.
+            use tokio::sync::broadcast::error::RecvError;
             let me = self.id;
-            tokio::select! {
-                c = self.changes.recv() => if let Ok(id) = c && id != me { continue },
-                r = self.revocations.recv() => if let Ok(e) = r
-                    && e.id != me.to_string() && e.id != self.agent { continue },
-                () = tokio::time::sleep(WATCH_POLL) => {}
-                _ = self.shutdown.changed() => return None,
+            let me_text = me.to_string();
+            let poll = tokio::time::sleep(WATCH_POLL);
+            tokio::pin!(poll);
+            loop {
+                tokio::select! {
+                    c = self.changes.recv() => match c {
+                        Ok(id) if id != me => {}
+                        Err(RecvError::Closed) => return None,
+                        _ => break,
+                    },
+                    r = self.revocations.recv() => match r {
+                        Ok(e) if e.id != me_text && e.id != self.agent => {}
+                        Err(RecvError::Closed) => return None,
+                        _ => break,
+                    },
+                    () = &mut poll => break,
+                    _ = self.shutdown.changed() => return None,
+                }
             }
         }
     }

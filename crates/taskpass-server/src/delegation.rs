@@ -41,6 +41,11 @@ pub struct DelegationIssuerConfig {
     /// The claim holding the user's tenant. Default `tenant`.
     #[serde(default = "default_tenant_claim")]
     pub tenant_claim: String,
+    /// The tenant every user of this issuer belongs to (one identity provider per tenant):
+    /// set, the users' tenant is this, and a token whose tenant claim says otherwise is
+    /// refused, so that no issuer can vouch for another tenant's users.
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// The claim holding the user's groups. Default `groups`.
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
@@ -194,15 +199,25 @@ fn user_of(
     let claim = |name: &str, split: bool| {
         strings(claims.get(name), split).map_err(|e| format!("its {name} claim {e}"))
     };
-    let tenant = match claims.get(&config.tenant_claim) {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) if s.len() <= 256 => s.clone(),
+    let claimed = match claims.get(&config.tenant_claim) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= 256 => Some(s.clone()),
         Some(_) => {
             return Err(format!(
                 "its {} claim is not a string of at most 256 bytes",
                 config.tenant_claim
             ));
         }
+    };
+    let tenant = match (&config.tenant, claimed) {
+        (Some(pinned), Some(c)) if &c != pinned => {
+            return Err(format!(
+                "its {} claim says tenant {c:?}, and its issuer vouches for tenant {pinned:?} only",
+                config.tenant_claim
+            ));
+        }
+        (Some(pinned), _) => pinned.clone(),
+        (None, c) => c.unwrap_or_default(),
     };
     let groups = claim(&config.groups_claim, false)?;
     let scopes: Vec<String> = if config.groups_to_scopes.is_empty() {
@@ -281,6 +296,7 @@ mod tests {
             ca_file: None,
             scope_claim: default_scope_claim(),
             tenant_claim: default_tenant_claim(),
+            tenant: None,
             groups_claim: default_groups_claim(),
             groups_to_scopes: groups
                 .iter()
@@ -321,6 +337,26 @@ mod tests {
             u.scopes.to_claim(),
             "crm:read",
             "groups decide, not the scope claim"
+        );
+        let mut pinned = config(&[]);
+        pinned.tenant = Some("acme".into());
+        let u = user_of(
+            &pinned,
+            "i".into(),
+            "x".into(),
+            &claims(serde_json::json!({})),
+        )
+        .unwrap();
+        assert_eq!(u.tenant, "acme", "the issuer's tenant");
+        assert!(
+            user_of(
+                &pinned,
+                "i".into(),
+                "x".into(),
+                &claims(serde_json::json!({"tenant": "globex"}))
+            )
+            .is_err(),
+            "an issuer pinned to acme cannot vouch for globex"
         );
         for bad in [
             serde_json::json!({"tenant": 5}),

@@ -75,7 +75,9 @@ impl ActivePolicies {
             what: "loading the [policy] files",
             detail,
         };
-        let history = store.policy_sets(usize::MAX).await?;
+        // The newest versions are enough: the one in force, and the last loaded from the
+        // config (looked for among the newest hundred; older than that, the files load anew).
+        let history = store.policy_sets(100).await?;
         if !files.is_empty() {
             let mut read = Vec::with_capacity(files.len());
             for p in files {

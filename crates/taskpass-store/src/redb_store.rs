@@ -673,16 +673,23 @@ fn create_task(
 ) -> Result<Outcome, StoreError> {
     rec.active_agent(t, &task.agent)?;
     let id = task.id.to_string();
+    // Every check before the first write: a refusal must leave nothing behind.
+    let approval = match (task.state, task.approval_id.as_deref()) {
+        (TaskState::PendingApproval, Some(a)) => Some(a),
+        (TaskState::PendingApproval, None) => {
+            return Err(StoreError::Precondition(format!(
+                "task {id} waits for approval without an id"
+            )));
+        }
+        _ => None,
+    };
     rec.put_task(t, &id, task.clone())?;
     t.tasks_by_agent
         .insert((task.agent.as_str(), id.as_str()), ())?;
     if matches!(task.state, TaskState::Open | TaskState::PendingApproval) {
         t.deadlines.insert((task.expires_at, id.as_str()), ())?;
     }
-    if task.state == TaskState::PendingApproval {
-        let approval = task.approval_id.as_deref().ok_or_else(|| {
-            StoreError::Precondition(format!("task {id} waits for approval without an id"))
-        })?;
+    if let Some(approval) = approval {
         t.pending_approvals.insert(approval, id.as_str())?;
     }
     append_audit(t, heads, audit.clone())?;
@@ -1150,13 +1157,15 @@ fn changes(old: &Agent, new: &Agent) -> Result<String, StoreError> {
     };
     let (old, new) = (enc(old)?, enc(new)?);
     let mut out = Vec::new();
-    let mut keys: Vec<&String> = new.keys().collect();
+    // Both agents' keys: a field left out when empty (labels) is a change when cleared.
+    let mut keys: Vec<&String> = new.keys().chain(old.keys()).collect();
     keys.sort();
+    keys.dedup();
     for k in keys {
         if k == "updated_at" {
             continue;
         }
-        let after = &new[k];
+        let after = new.get(k).unwrap_or(&serde_json::Value::Null);
         let before = old.get(k).unwrap_or(&serde_json::Value::Null);
         if before != after {
             out.push(format!(

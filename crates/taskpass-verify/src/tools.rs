@@ -102,16 +102,25 @@ impl ToolAuthorizer {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| VerifyError::Unavailable(format!("the evaluation request: {e}")))?;
         let unavailable = |e: String| VerifyError::Unavailable(format!("AuthZEN evaluation: {e}"));
-        let resp = tokio::time::timeout(self.timeout, self.client.request(req))
+        // One deadline for the whole exchange: a broker that sends headers and stalls is cut
+        // off too.
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| unavailable(format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok::<_, VerifyError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| unavailable("the broker did not answer in time".into()))?
-            .map_err(|e| unavailable(e.to_string()))?;
-        let status = resp.status();
-        let bytes = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| unavailable(format!("reading the answer: {e}")))?
-            .to_bytes();
+            .map_err(|_| unavailable("the broker did not answer in time".into()))??;
         let doc: Value = serde_json::from_slice(&bytes)
             .map_err(|_| unavailable(format!("the broker answered {status} without JSON")))?;
         if !status.is_success() {
