@@ -285,6 +285,7 @@ macro_rules! ulid_id {
 
 ulid_id!(TaskId, "task_", "task");
 ulid_id!(TokenId, "tok_", "token");
+ulid_id!(ApprovalId, "appr_", "approval");
 
 #[cfg(test)]
 mod tests {

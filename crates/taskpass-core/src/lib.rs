@@ -42,7 +42,7 @@ pub use decision::{
     PolicyQuery, PolicyResource, User, Verdict,
 };
 pub use error::ParseError;
-pub use ids::{AgentId, AgentName, SpiffeId, TaskId, TokenId, TrustDomain};
+pub use ids::{AgentId, AgentName, ApprovalId, SpiffeId, TaskId, TokenId, TrustDomain};
 pub use json::canonical_json;
 pub use operator::{Operator, Permission, Permissions, RoleName, Roles};
 pub use policy::{

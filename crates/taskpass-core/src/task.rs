@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AgentId, TaskId};
+use crate::ids::{AgentId, ApprovalId, TaskId};
 use crate::scope::{Audience, Purpose, ScopeSet};
 
 /// The state of a task. Only `Open` tasks get tokens.
@@ -122,15 +122,13 @@ pub struct Approval {
 }
 
 impl Approval {
-    /// True for a well-formed approval id: `appr_` and a canonical ULID.
+    /// True for a well-formed approval id: `appr_` and a canonical ULID ([`ApprovalId`]).
     pub fn is_id(s: &str) -> bool {
-        s.strip_prefix("appr_").is_some_and(|u| {
-            u.len() == 26 && ulid::Ulid::from_string(u).is_ok_and(|v| v.to_string() == u)
-        })
+        ApprovalId::parse(s).is_ok()
     }
 
     /// A new approval id.
     pub fn new_id(ulid: ulid::Ulid) -> String {
-        format!("appr_{ulid}")
+        ApprovalId::from_ulid(ulid).to_string()
     }
 }

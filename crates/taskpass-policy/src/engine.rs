@@ -170,7 +170,7 @@ impl PolicyEngine {
             whole: set,
             ids,
             approval,
-            types: Types::new(),
+            types: Types::new().map_err(|e| PolicyError(vec![e]))?,
             authorizer: Authorizer::new(),
             memo: std::sync::Mutex::new(Memo::default()),
         })

@@ -60,8 +60,8 @@ impl Slice {
 /// name without namespace), the resource-level slice.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    request: HashMap<String, Slice>,
-    resource: HashMap<(String, String), Slice>,
+    request: HashMap<&'static str, Slice>,
+    resource: HashMap<(&'static str, &'static str), Slice>,
 }
 
 /// Whether `v` (a policy's JSON) reads the variable `resource` anywhere in its conditions.
@@ -89,7 +89,7 @@ impl Index {
     pub(crate) fn build<'a>(policies: impl Iterator<Item = &'a Policy>) -> Result<Self, String> {
         let mut index = Self::default();
         for p in policies {
-            let actions: Vec<&str> = match p.action_constraint() {
+            let actions: Vec<&'static str> = match p.action_constraint() {
                 ActionConstraint::Any => RESOURCES.iter().map(|(a, _)| *a).collect(),
                 ActionConstraint::Eq(a) => vec![action_name(&a)?],
                 ActionConstraint::In(list) => {
@@ -121,7 +121,7 @@ impl Index {
                     .unwrap_or(true);
             for action in actions {
                 if resource_blind {
-                    let slice = index.request.entry(action.to_owned()).or_default();
+                    let slice = index.request.entry(action).or_default();
                     match &principal_key {
                         Some(k) => add(slice.by_principal.entry(k.clone()).or_default(), p)?,
                         None => add(&mut slice.generic, p)?,
@@ -135,10 +135,7 @@ impl Index {
                     .iter()
                     .filter(|t| types.as_deref().is_none_or(|want| want == **t))
                 {
-                    let slice = index
-                        .resource
-                        .entry((action.to_owned(), (*ty).to_owned()))
-                        .or_default();
+                    let slice = index.resource.entry((action, *ty)).or_default();
                     match (&principal_key, &resource_key) {
                         (Some(k), _) => add(slice.by_principal.entry(k.clone()).or_default(), p)?,
                         (None, Some(k)) => add(slice.by_resource.entry(k.clone()).or_default(), p)?,
@@ -151,9 +148,12 @@ impl Index {
     }
 
     /// The resource-level slice of (action, resource type), if any policy can meet it.
-    pub(crate) fn slice(&self, action: &str, resource_type: &str) -> Option<&Slice> {
-        self.resource
-            .get(&(action.to_owned(), resource_type.to_owned()))
+    pub(crate) fn slice(
+        &self,
+        action: &'static str,
+        resource_type: &'static str,
+    ) -> Option<&Slice> {
+        self.resource.get(&(action, resource_type))
     }
 
     /// The request-level slice of `action`: policies that answer alike for every resource.

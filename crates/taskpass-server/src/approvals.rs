@@ -65,7 +65,7 @@ impl Broker {
             .iter()
             .filter(|t| t.effective_state(now) == TaskState::PendingApproval)
         {
-            let agent = self.agent_of(&t.agent).await?;
+            let agent = self.agent_of(t.agent.as_str()).await?;
             let (name, owner) = agent
                 .as_ref()
                 .map(|a| (a.name.as_str(), a.owner.as_str()))
@@ -73,16 +73,6 @@ impl Broker {
             out.extend(approval_to_pb(t, name, owner));
         }
         Ok(out)
-    }
-
-    async fn agent_of(
-        &self,
-        id: &taskpass_core::AgentId,
-    ) -> Result<Option<taskpass_core::Agent>, ApiError> {
-        let Some(name) = self.trust_domain.agent_name_of(id.as_str()) else {
-            return Ok(None);
-        };
-        Ok(self.store.agent(&name).await?)
     }
 
     /// DecideApproval: approve or deny, by an approver who does not own the agent.
@@ -113,7 +103,7 @@ impl Broker {
                 "approval {id} is not pending (decided, expired or unknown)"
             ))
         })?;
-        let agent = self.agent_of(&task.agent).await?.ok_or_else(|| {
+        let agent = self.agent_of(task.agent.as_str()).await?.ok_or_else(|| {
             ApiError::FailedPrecondition(format!("the agent of approval {id} no longer exists"))
         })?;
         let action = if req.approve {

@@ -1111,11 +1111,7 @@ impl Broker {
             TaskState::Revoked => return Ok(Err("task_revoked")),
             _ => return Ok(Err("task_not_open")),
         }
-        let agent = match self.trust_domain.agent_name_of(&claims.client_id) {
-            Some(name) => self.store.agent(&name).await?,
-            None => None,
-        };
-        let agent = match agent {
+        let agent = match self.agent_of(&claims.client_id).await? {
             Some(a) if a.state == AgentState::Active => a,
             Some(a) if a.state == AgentState::Offboarded => return Ok(Err("agent_offboarded")),
             Some(a) if a.state == AgentState::Suspended => return Ok(Err("agent_suspended")),
@@ -1131,6 +1127,14 @@ impl Broker {
             task,
             agent,
         }))
+    }
+
+    /// The agent an agent id of this trust domain names, if it is registered.
+    pub(crate) async fn agent_of(&self, id: &str) -> Result<Option<Agent>, ApiError> {
+        let Some(name) = self.trust_domain.agent_name_of(id) else {
+            return Ok(None);
+        };
+        Ok(self.store.agent(&name).await?)
     }
 
     /// Introspect: never an error for a bad token, only `active: false` with a reason. A

@@ -19,6 +19,9 @@ const MAX_ENTRIES: usize = 256;
 
 /// One `[[delegation.oidc]]` table: an issuer of users' tokens, as `[[attestation.oidc]]`,
 /// and where its tokens say the user's scopes and tenant.
+///
+/// The first five keys are [`OidcIssuerConfig`]'s, written out again: serde cannot flatten
+/// a table and refuse unknown keys at once, and an unknown key must be an error.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DelegationIssuerConfig {

@@ -75,13 +75,19 @@ impl Broker {
         Ok(op)
     }
 
-    /// Checks one permission of an operator outside the admin API (Introspect).
-    pub(crate) async fn authorize(&self, op: &Operator, p: Permission) -> Result<(), ApiError> {
+    /// Checks one permission of an operator outside the admin API (Introspect,
+    /// WatchRevocations, the AuthZEN evaluations), audited under `rpc`.
+    pub(crate) async fn authorize(
+        &self,
+        op: &Operator,
+        p: Permission,
+        rpc: &str,
+    ) -> Result<(), ApiError> {
         if op.may(p) {
             return Ok(());
         }
         let why = self.lacks(op, p);
-        Err(self.refuse_operator(op, "Introspect", Some(p), why).await)
+        Err(self.refuse_operator(op, rpc, Some(p), why).await)
     }
 
     fn lacks(&self, op: &Operator, p: Permission) -> String {

@@ -211,7 +211,7 @@ impl Broker {
     ) -> Result<Principal, ApiError> {
         let p = self.principal(caller, Needs::Reader(rpc)).await?;
         if let Principal::Operator(op) = &p {
-            self.authorize(op, Permission::TokensRead).await?;
+            self.authorize(op, Permission::TokensRead, rpc).await?;
         }
         Ok(p)
     }
